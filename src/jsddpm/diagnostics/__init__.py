@@ -1,0 +1,1 @@
+"""Real-vs-synthetic diagnostics: one module per metric family, pure functions on arrays."""

@@ -1,0 +1,61 @@
+"""Shared containers for the metric families: per-sample `Features` that a bootstrap or a real-vs-real
+half split can index without recomputing anything."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Features:
+    """Per-sample arrays (first axis = sample) plus ragged per-item arrays (e.g. one row per lesion)
+    that belong to a sample through an `owner` vector.
+
+    `take(idx)` returns the features of the samples `idx` (repeats allowed, as in a bootstrap);
+    ragged rows follow their owners and are renumbered to the new sample positions.
+    """
+
+    n: int
+    per_sample: dict[str, np.ndarray] = field(default_factory=dict)
+    ragged: dict[str, np.ndarray] = field(default_factory=dict)
+    owner: np.ndarray | None = None  # (n_items,) sample index of each ragged row
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key in self.per_sample:
+            return self.per_sample[key]
+        return self.ragged[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.per_sample or key in self.ragged
+
+    def take(self, idx) -> Features:
+        idx = np.asarray(idx, dtype=np.int64)
+        per = {k: v[idx] for k, v in self.per_sample.items()}
+        if self.owner is None or not self.ragged:
+            return Features(len(idx), per, {}, None)
+        order = np.argsort(self.owner, kind="stable")
+        counts = np.bincount(self.owner, minlength=self.n)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        sel_counts = counts[idx]
+        total = int(sel_counts.sum())
+        # positions of each selected sample's rows in the owner-sorted order
+        new_owner = np.repeat(np.arange(len(idx)), sel_counts)
+        offsets = np.arange(total) - np.repeat(np.cumsum(sel_counts) - sel_counts, sel_counts)
+        rows = order[np.repeat(starts[idx], sel_counts) + offsets]
+        rag = {k: v[rows] for k, v in self.ragged.items()}
+        return Features(len(idx), per, rag, new_owner)
+
+
+def metric(value, real=None, synthetic=None, **extra) -> dict:
+    """One metric's record as `compare` returns it; the runner adds CI and null fields."""
+    out = {"value": _f(value), "real": _f(real), "synthetic": _f(synthetic)}
+    out.update(extra)
+    return out
+
+
+def _f(x):
+    if x is None:
+        return None
+    return float(x)
