@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint setup clean
+.PHONY: demo test lint setup clean docs
 
 $(BIN)/jsddpm: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,3 +28,6 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info
+
+docs: setup
+	$(BIN)/python -m jsddpm.config_doc README.md
