@@ -28,6 +28,7 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
             raise UserError(f"{out}: output folder exists and is not empty; choose another --out or delete it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; outputs should look like any other folder
     try:
         yield tmp
     except BaseException:
@@ -42,10 +43,17 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
         tmp.rename(out)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -68,6 +76,7 @@ def atomic_save_npy(path: str | os.PathLike, array) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent, suffix=".npy")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         np.save(tmp, array)
         os.replace(tmp, path)

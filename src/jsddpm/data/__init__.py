@@ -1,0 +1,1 @@
+"""Data ingestion: NIfTI volumes and image folders -> slice cache; the demo cohort; Dataset + augmentation."""

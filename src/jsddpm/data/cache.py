@@ -1,0 +1,259 @@
+"""The slice cache: build it from a manifest of NIfTI volumes, write it atomically, load it.
+
+Folder layout (docs/internals.md): images.npy, masks.npy (joint data only), index.csv, priors.npy,
+stats.json, config.yaml, versions.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import UserError
+
+INDEX_COLUMNS = ("subject_id", "group", "label", "split", "fold", "z", "z_norm", "zbin", "has_lesion",
+                 "lesion_area")
+MANIFEST_COLUMNS = ("subject_id", "image", "mask", "group")
+_INT_COLUMNS = {"label", "fold", "z", "zbin", "has_lesion", "lesion_area"}
+_FLOAT_COLUMNS = {"z_norm"}
+
+
+def zbin_of(z_norm: np.ndarray, n_zbins: int) -> np.ndarray:
+    """zbin = min(floor(z_norm * n_zbins), n_zbins - 1)."""
+    return np.minimum(np.floor(np.asarray(z_norm) * n_zbins).astype(np.int64), n_zbins - 1)
+
+
+# ---------------------------------------------------------------------------------------- loading
+@dataclass
+class SliceCache:
+    root: Path
+    images: np.ndarray  # (N, C, H, W) float32 memmap
+    masks: np.ndarray | None  # (N, 1, H, W) uint8 memmap, None for image-only data
+    index: dict[str, np.ndarray]
+    priors: np.ndarray  # (n_zbins, H, W) float32
+    stats: dict
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.stats["classes"])
+
+    @property
+    def n_zbins(self) -> int:
+        return int(self.stats["n_zbins"])
+
+    def indices(self, split: str | None = None) -> np.ndarray:
+        """Row numbers of one split ("train", "val", "test"); None or "all" gives every row."""
+        if split in (None, "all"):
+            return np.arange(len(self.images))
+        return np.flatnonzero(self.index["split"] == split)
+
+    def joint(self, idx) -> np.ndarray:
+        """float32 (n, C[+1], H, W): the image channels, then the mask in {-1, +1} if there are masks."""
+        idx = np.asarray(idx)
+        images = np.asarray(self.images[idx], dtype=np.float32)
+        if self.masks is None:
+            return images
+        masks = np.asarray(self.masks[idx], dtype=np.float32) * 2.0 - 1.0
+        return np.concatenate([images, masks], axis=1)
+
+
+def read_index(path: Path) -> dict[str, np.ndarray]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    columns = rows[0].keys() if rows else INDEX_COLUMNS
+    index = {}
+    for name in columns:
+        values = [r[name] for r in rows]
+        if name in _INT_COLUMNS:
+            index[name] = np.asarray(values, dtype=np.int64)
+        elif name in _FLOAT_COLUMNS:
+            index[name] = np.asarray(values, dtype=np.float32)
+        else:
+            index[name] = np.asarray(values, dtype=str)
+    return index
+
+
+def load_cache(path) -> SliceCache:
+    root = Path(path)
+    if not (root / "images.npy").is_file() or not (root / "index.csv").is_file():
+        raise UserError(f"{root}: not a slice cache (no images.npy / index.csv); build one with `jsddpm cache`")
+    masks_path = root / "masks.npy"
+    return SliceCache(
+        root=root,
+        images=np.load(root / "images.npy", mmap_mode="r"),
+        masks=np.load(masks_path, mmap_mode="r") if masks_path.is_file() else None,
+        index=read_index(root / "index.csv"),
+        priors=np.load(root / "priors.npy"),
+        stats=json.loads((root / "stats.json").read_text()),
+    )
+
+
+# ---------------------------------------------------------------------------------------- writing
+def occupancy_priors(brain: np.ndarray, zbins: np.ndarray, train: np.ndarray, n_zbins: int) -> np.ndarray:
+    """(n_zbins, H, W) mean occupancy of the TRAIN slices in each z-bin; an empty bin borrows the
+    nearest bin that has train slices."""
+    h, w = brain.shape[1:]
+    priors = np.zeros((n_zbins, h, w), dtype=np.float32)
+    filled = np.zeros(n_zbins, dtype=bool)
+    for b in range(n_zbins):
+        rows = np.flatnonzero(train & (zbins == b))
+        if len(rows):
+            priors[b] = brain[rows].mean(axis=0)
+            filled[b] = True
+    if not filled.any():
+        return priors
+    have = np.flatnonzero(filled)
+    for b in np.flatnonzero(~filled):
+        priors[b] = priors[have[np.argmin(np.abs(have - b))]]
+    return priors
+
+
+def cache_stats(index: dict[str, np.ndarray], classes: list[str], n_zbins: int, extra: dict) -> dict:
+    def counts(column):
+        values, n = np.unique(index[column], return_counts=True)
+        return {str(v): int(c) for v, c in zip(values, n)}
+
+    subjects = {}
+    for split in np.unique(index["split"]):
+        subjects[str(split)] = int(len(np.unique(index["subject_id"][index["split"] == split])))
+    areas = index["lesion_area"][index["has_lesion"] == 1]
+    quantiles = [0.05, 0.25, 0.5, 0.75, 0.95]
+    return {
+        "n_slices": int(len(index["subject_id"])),
+        "n_subjects": int(len(np.unique(index["subject_id"]))),
+        "classes": classes,
+        "n_zbins": n_zbins,
+        "slices_per_split": counts("split"),
+        "subjects_per_split": subjects,
+        "slices_per_group": counts("group"),
+        "slices_per_zbin": {str(b): int((index["zbin"] == b).sum()) for b in range(n_zbins)},
+        "lesion_slices": int((index["has_lesion"] == 1).sum()),
+        "lesion_area_quantiles": {str(q): float(np.quantile(areas, q)) if len(areas) else None
+                                  for q in quantiles},
+        **extra,
+    }
+
+
+def write_cache(out: Path, cfg, images: np.ndarray, masks: np.ndarray | None, index: dict[str, np.ndarray],
+                priors: np.ndarray, stats: dict) -> None:
+    """Write every cache file into the (temporary) folder `out`."""
+    from ..io import atomic_save_npy, atomic_write_text, write_run_record
+
+    atomic_save_npy(out / "images.npy", images.astype(np.float32, copy=False))
+    if masks is not None:
+        atomic_save_npy(out / "masks.npy", masks.astype(np.uint8, copy=False))
+    atomic_save_npy(out / "priors.npy", priors.astype(np.float32, copy=False))
+    columns = list(INDEX_COLUMNS) + [c for c in index if c not in INDEX_COLUMNS]
+    with open(out / "index.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for row in zip(*[index[c] for c in columns]):
+            writer.writerow([f"{v:.6f}" if isinstance(v, np.floating) else v for v in row])
+    atomic_write_text(out / "stats.json", json.dumps(stats, indent=2) + "\n")
+    write_run_record(out, cfg)
+
+
+def summary_lines(stats: dict, out: Path) -> list[str]:
+    subjects = stats["subjects_per_split"]
+    slices = stats["slices_per_split"]
+    lines = [f"cache: {stats['n_slices']} slices of {stats['n_subjects']} subjects -> {out}",
+             "  split   subjects  slices"]
+    for split in ("train", "val", "test"):
+        lines.append(f"  {split:<7} {subjects.get(split, 0):>8}  {slices.get(split, 0):>6}")
+    lines.append(f"  classes {stats['classes']}; slices per class {stats['slices_per_group']}")
+    lines.append(f"  image {stats['channels']} x {stats['image_size']} x {stats['image_size']}, "
+                 f"{stats['n_zbins']} z-bins, {stats['lesion_slices']} lesion slices")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------- volumes
+def read_manifest(path: Path) -> list[dict[str, str]]:
+    """Rows with resolved paths; the manifest's own errors (columns, empty, duplicates) are UserErrors."""
+    if not path.is_file():
+        raise UserError(f"{path}: manifest not found; give the CSV written by `jsddpm phantom` or your own")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = [c.strip() for c in reader.fieldnames or []]
+        missing = [c for c in ("subject_id", "image", "group") if c not in fields]
+        if missing:
+            raise UserError(f"{path}: manifest lacks column(s) {', '.join(missing)}; "
+                            f"its header must be {','.join(MANIFEST_COLUMNS)}")
+        rows = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+    rows = [r for r in rows if any(r.values())]
+    if not rows:
+        raise UserError(f"{path}: manifest has no subjects; add one row per subject")
+    seen = set()
+    for r in rows:
+        if r["subject_id"] in seen:
+            raise UserError(f"{path}: duplicate subject_id '{r['subject_id']}'; give every subject one row")
+        seen.add(r["subject_id"])
+        if not r["image"] or not r["group"]:
+            raise UserError(f"{path}: subject '{r['subject_id']}' has no image or group; fill both columns")
+        r["image"] = str(path.parent / r["image"])
+        r["mask"] = str(path.parent / r["mask"]) if r.get("mask") else ""
+    return rows
+
+
+def build_volume_cache(manifest: Path, out: Path, cfg) -> dict:
+    """Manifest of NIfTI volumes -> slice cache at `out` (atomic). Returns stats.json's content."""
+    from ..io import atomic_dir
+
+    with atomic_dir(out) as tmp:  # entered first: an existing non-empty --out fails before any work
+        images, masks, index, priors, stats = volume_cache_arrays(manifest, cfg.data)
+        write_cache(tmp, cfg, images, masks, index, priors, stats)
+    return stats
+
+
+def volume_cache_arrays(manifest: Path, data_cfg):
+    """(images, masks or None, index, priors, stats) for every kept slice of every subject."""
+    from .splits import assign_splits
+    from .volumes import target_spacing, volume_to_slices
+
+    rows = read_manifest(manifest)
+    classes = sorted({r["group"] for r in rows})
+    label_of = {g: i for i, g in enumerate(classes)}
+    splits, folds = assign_splits([r["subject_id"] for r in rows], [r["group"] for r in rows],
+                                  list(data_cfg.split_fractions), data_cfg.n_folds, data_cfg.seed, str(manifest))
+    joint = any(r["mask"] for r in rows)
+    parts = [volume_to_slices(Path(r["image"]), Path(r["mask"]) if r["mask"] else None, data_cfg) for r in rows]
+    size = data_cfg.image_size
+    images = np.concatenate([p.images for p in parts])
+    if len(images) == 0:
+        raise UserError(f"{manifest}: no slice passed data.min_brain_fraction={data_cfg.min_brain_fraction}; "
+                        "lower it or check the images")
+    brain = np.concatenate([p.brain for p in parts])
+    masks = None
+    if joint:
+        masks = np.concatenate([p.masks if p.masks is not None else np.zeros((len(p.z), 1, size, size), np.uint8)
+                                for p in parts])
+
+    def per_slice(values):
+        return np.concatenate([np.full(len(p.z), v) for p, v in zip(parts, values)])
+
+    z_norm = np.concatenate([p.z_norm for p in parts]).astype(np.float32)
+    lesion_area = (masks.reshape(len(masks), -1).sum(1).astype(np.int64) if joint
+                   else np.zeros(len(images), np.int64))
+    index = {
+        "subject_id": per_slice([r["subject_id"] for r in rows]),
+        "group": per_slice([r["group"] for r in rows]),
+        "label": per_slice([label_of[r["group"]] for r in rows]).astype(np.int64),
+        "split": per_slice(splits),
+        "fold": per_slice(folds).astype(np.int64),
+        "z": np.concatenate([p.z for p in parts]).astype(np.int64),
+        "z_norm": z_norm,
+        "zbin": zbin_of(z_norm, data_cfg.n_zbins),
+        "has_lesion": (lesion_area > 0).astype(np.int64),
+        "lesion_area": lesion_area,
+    }
+    priors = occupancy_priors(brain, index["zbin"], index["split"] == "train", data_cfg.n_zbins)
+    stats = cache_stats(index, classes, data_cfg.n_zbins, {
+        "source": "volumes", "manifest": str(manifest), "channels": 1, "image_size": size,
+        "spacing_mm": [float(s) for s in target_spacing(data_cfg)], "joint": joint})
+    return images, masks, index, priors, stats

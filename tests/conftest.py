@@ -1,0 +1,29 @@
+"""Shared fixtures: a tiny demo cohort (phantom) and its 64 px slice cache, built once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def demo_phantom(tmp_path_factory) -> Path:
+    """Folder with a 6-control + 4-patient phantom cohort (NIfTI + manifest.csv), seed 0."""
+    from jsddpm.data.phantom import write_cohort
+
+    out = tmp_path_factory.mktemp("demo_phantom")
+    write_cohort(out, n_controls=6, n_patients=4, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_cache(demo_phantom, tmp_path_factory) -> Path:
+    """Slice cache folder of `demo_phantom` at 64 px, 10 z-bins (load it with jsddpm.data.cache.load_cache)."""
+    from jsddpm.config import load_config
+    from jsddpm.data.cache import build_volume_cache
+
+    cfg = load_config(None, ["data.image_size=64", "data.n_zbins=10"])
+    out = tmp_path_factory.mktemp("demo_cache") / "cache"
+    build_volume_cache(demo_phantom / "manifest.csv", out, cfg)
+    return out
