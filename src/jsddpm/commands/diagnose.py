@@ -1,0 +1,75 @@
+"""`jsddpm diagnose {run-all, aggregate, report, criteria}`: real-vs-synthetic diagnostics."""
+
+from __future__ import annotations
+
+import argparse
+
+from . import add_config_arguments, config_from_args
+
+FAMILIES_HELP = ("spectral, wavelet, texture, boundary, background, spatial, pixel, intensity, morphology, "
+                 "memorization, feature_distance, classifier")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = sub.add_parser("run-all", help="every metric family, the null, severity, classifier, report")
+    p.add_argument("--real", required=True, help="real set: slice cache folder, generation folder or .npz")
+    p.add_argument("--synthetic", required=True, help="synthetic set: generation folder, .npz or cache folder")
+    p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    p.add_argument("--real-split", default=None, help="split of a real cache (default: diagnostics.real_split)")
+    p.add_argument("--synthetic-split", default=None, help="split of a synthetic cache (default: the real split)")
+    p.add_argument("--train", default=None,
+                   help="the generator's training set, for memorisation (default: the real cache's train split)")
+    p.add_argument("--image-channels", type=int, default=None,
+                   help="image channels in an .npz (the rest is the mask); default: C=2 or 4 means a mask")
+    p.add_argument("--only", nargs="+", default=None, metavar="FAMILY", help=f"run only these: {FAMILIES_HELP}")
+    p.add_argument("--skip", nargs="+", default=None, metavar="FAMILY", help="skip these families")
+    add_config_arguments(p)
+
+    p = sub.add_parser("aggregate", help="cross-experiment tables over several run-all folders")
+    p.add_argument("dirs", nargs="+", help="diagnostics folders written by run-all")
+    p.add_argument("--out", required=True, help="output folder")
+
+    p = sub.add_parser("report", help="re-render DIR/report.html from DIR/diagnostics.json")
+    p.add_argument("dir", help="a diagnostics folder written by run-all")
+
+    p = sub.add_parser("criteria", help="the proposal's success criteria: pass/fail vs a baseline")
+    p.add_argument("--baseline", required=True, help="diagnostics folder of the baseline model")
+    p.add_argument("--candidate", required=True, help="diagnostics folder of the candidate model")
+    p.add_argument("--out", default=None, help="where criteria.csv/json go (default: the candidate folder)")
+
+
+def _list_override(key: str, values) -> str:
+    return f"{key}=[{','.join(values)}]"
+
+
+def run(args) -> int:
+    from .. import diagnose
+
+    if args.action == "run-all":
+        # `--skip a b key=value`: argparse gives the trailing overrides to the family list
+        for attr in ("only", "skip"):
+            values = getattr(args, attr) or []
+            args.overrides = list(args.overrides) + [v for v in values if "=" in v]
+            setattr(args, attr, [v for v in values if "=" not in v])
+        extra = []
+        if args.real_split:
+            extra.append(f"diagnostics.real_split={args.real_split}")
+        if args.only:
+            extra.append(_list_override("diagnostics.only", args.only))
+        if args.skip:
+            extra.append(_list_override("diagnostics.skip", args.skip))
+        args.overrides = list(args.overrides) + extra
+        cfg = config_from_args(args)
+        diagnose.run_all(args.real, args.synthetic, args.out, cfg, train_path=args.train,
+                         image_channels=args.image_channels, synthetic_split=args.synthetic_split)
+    elif args.action == "aggregate":
+        out = diagnose.aggregate(args.dirs, args.out)
+        print(f"diagnose aggregate: {len(args.dirs)} runs -> {out / 'cross_experiment.csv'}, {out / 'tables.md'}")
+    elif args.action == "report":
+        print(f"diagnose report: {diagnose.rerender_report(args.dir)}")
+    elif args.action == "criteria":
+        rows, text = diagnose.criteria(args.baseline, args.candidate, args.out)
+        print(text)
+        return 0 if all(r["passed"] is True for r in rows) else 1
+    return 0

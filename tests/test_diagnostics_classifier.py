@@ -1,0 +1,85 @@
+"""Family 10: rank statistics, dithering, folds, and the CNN's AUC on known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jsddpm.config import load_config
+from jsddpm.diagnostics import classifier as C
+
+
+def test_rank_auc_known_answers_and_agreement_with_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    y = np.array([0, 0, 0, 1, 1], dtype=bool)
+    assert C.rank_auc(np.array([0.1, 0.2, 0.3, 0.8, 0.9]), y) == 1.0
+    assert C.rank_auc(np.array([0.9, 0.8, 0.7, 0.1, 0.2]), y) == 0.0
+    assert C.rank_auc(np.ones(5), y) == 0.5  # ties count half
+    rng = np.random.default_rng(0)
+    s, lab = rng.normal(size=300).round(1), rng.random(300) < 0.4  # rounding makes ties
+    assert C.rank_auc(s, lab) == pytest.approx(roc_auc_score(lab, s))
+
+
+def test_bootstrap_and_permutation_are_calibrated():
+    rng = np.random.default_rng(1)
+    lab = np.r_[np.zeros(200), np.ones(200)].astype(bool)
+    separable = np.r_[rng.normal(0, 1, 200), rng.normal(5, 1, 200)]
+    assert C.permutation_pvalue(separable, lab, 500, rng) == pytest.approx(1 / 501)
+    noise = rng.normal(size=400)
+    p_values = [C.permutation_pvalue(rng.normal(size=400), lab, 200, rng) for _ in range(20)]
+    assert 0.2 < np.mean(p_values) < 0.8  # uniform under the null
+    boots = C.bootstrap_auc(noise, lab, 400, rng)
+    assert np.std(boots) == pytest.approx(C.null_auc_sd(200, 200), rel=0.25)
+    assert np.percentile(boots, 2.5) < C.rank_auc(noise, lab) < np.percentile(boots, 97.5)
+
+
+def test_dithering_hides_the_grid_without_piling_mass_at_the_edges():
+    rng = np.random.default_rng(2)
+    step = 2 / 255
+    on_grid = (rng.integers(0, 256, size=(20, 32, 32)) * step - 1).astype(np.float32)
+    assert C.estimate_grid_step(on_grid) == pytest.approx(step, rel=1e-4)
+    d = C.quantise_and_dither(on_grid, step, rng)
+    assert d.min() >= -1 and d.max() <= 1
+    assert np.mean(np.abs(d) == 1) < 1e-4  # reflection, not clipping: no atom at +-1
+    assert np.abs(d - on_grid).max() <= step / 2 + 1e-6
+    # background (-1) spreads uniformly over its grid cell inside [-1, 1], i.e. [-1, -1 + step/2]
+    bg = C.quantise_and_dither(np.full(20000, -1.0), step, rng)
+    assert bg.max() <= -1 + step / 2 + 1e-7 and np.mean(bg == -1) < 1e-3
+    assert np.mean(bg < -1 + step / 4) == pytest.approx(0.5, abs=0.03)
+    continuous = rng.uniform(-1, 1, (4, 64, 64))
+    assert C.estimate_grid_step(continuous) < 1e-3
+
+
+def test_folds_keep_groups_whole():
+    rng = np.random.default_rng(3)
+    groups = np.repeat(np.arange(12), rng.integers(3, 9, 12))
+    fold = C.assign_folds(groups, len(groups), 4, rng)
+    assert all(len(np.unique(fold[groups == g])) == 1 for g in np.unique(groups))
+    assert set(fold) == {0, 1, 2, 3}
+
+
+def _demo_images(demo_cache):
+    from jsddpm.data.cache import load_cache
+
+    c = load_cache(demo_cache)
+    return c.joint(np.arange(len(c)))
+
+
+def test_cnn_auc_chance_on_real_halves_and_near_one_on_a_checkerboard_fingerprint(demo_cache):
+    cfg = load_config(None, ["diagnostics.classifier_epochs=6", "diagnostics.classifier_folds=3",
+                             "diagnostics.n_bootstrap=100", "diagnostics.classifier_permutations=200"]).diagnostics
+    x = _demo_images(demo_cache)
+    perm = np.random.default_rng(0).permutation(len(x))[:240]
+    real, other = x[perm[:120]], x[perm[120:]]
+    scores, labels, _ = C.out_of_fold_scores(real, other, cfg)
+    assert 0.35 <= C.rank_auc(scores, labels) <= 0.65
+    checker = (np.indices(x.shape[-2:]).sum(axis=0) % 2 * 2 - 1) * 0.05
+    marked = other.copy()
+    marked[:, 0] = np.clip(marked[:, 0] + checker, -1, 1)
+    res = C.classifier_metrics(real, marked, cfg, image_channels=1)
+    auc = res["metrics"]["classifier_auc"]
+    assert auc["value"] > 0.95 and auc["p_value"] < 0.01
+    assert auc["ci_low"] <= auc["value"] <= auc["ci_high"]
+    assert auc["null_mean"] == 0.5 and auc["null_sd"] == pytest.approx(C.null_auc_sd(120, 120))
+    assert "classifier_auc_dithered" in res["metrics"]

@@ -1,0 +1,126 @@
+"""The diagnostics engine: bootstrap CIs, the real-vs-real null, severity, family selection."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from jsddpm.config import load_config
+from jsddpm.diagnostics import severity as sev
+from jsddpm.diagnostics.common import Features, metric
+from jsddpm.diagnostics.runner import (
+    ImageSet,
+    bootstrap_indices,
+    load_families,
+    run_diagnostics,
+    split_halves,
+)
+from jsddpm.errors import UserError
+
+
+def _cfg(*overrides):
+    return load_config(None, ["diagnostics.n_bootstrap=40", "diagnostics.n_null_repeats=6", *overrides]).diagnostics
+
+
+def _cache_set(path, subjects=None) -> ImageSet:
+    from jsddpm.data.cache import load_cache
+
+    c = load_cache(path)
+    idx = np.arange(len(c)) if subjects is None else np.flatnonzero(np.isin(c.index["subject_id"], subjects))
+    return ImageSet(np.asarray(c.images[idx], dtype=np.float32), np.asarray(c.masks[idx])[:, 0].astype(bool),
+                    c.index["subject_id"][idx], c.index["zbin"][idx])
+
+
+# a stand-in family with an analytic answer: difference of per-image means
+MEAN_FAMILY = SimpleNamespace(
+    NAME="mean_diff", NEEDS_MASK=False,
+    features=lambda images, masks, cfg: Features(len(images), {"m": images.mean(axis=(1, 2, 3))}),
+    compare=lambda r, s, cfg: {"mean_diff": metric(s["m"].mean() - r["m"].mean(), r["m"].mean(), s["m"].mean())},
+)
+
+
+def test_bootstrap_ci_contains_value_and_matches_analytic_standard_error():
+    rng = np.random.default_rng(0)
+    real = ImageSet(rng.normal(0.0, 0.2, (400, 1, 4, 4)).astype(np.float32))
+    synth = ImageSet(rng.normal(0.1, 0.2, (300, 1, 4, 4)).astype(np.float32))
+    res = run_diagnostics(real, synth, _cfg("diagnostics.n_bootstrap=400"), families=[MEAN_FAMILY], progress=None)
+    m = res["metrics"]["mean_diff"]
+    assert m["ci_low"] < m["value"] < m["ci_high"]
+    per_image_sd = 0.2 / 4  # mean of 16 iid pixels
+    se = per_image_sd * math.sqrt(1 / 400 + 1 / 300)
+    assert (m["ci_high"] - m["ci_low"]) / (2 * 1.96) == pytest.approx(se, rel=0.2)
+    # the null compares halves of the real set: centred on 0 with SD ~ per_image_sd * sqrt(2/200 + ...)
+    assert abs(m["null_mean"]) < 3 * per_image_sd * math.sqrt(2 / 200)
+    assert m["null_sd"] == pytest.approx(per_image_sd * math.sqrt(2 / 200), rel=0.7)
+    assert res["families"]["mean_diff"]["status"] == "ok"
+
+
+def test_subject_resampling_keeps_subjects_whole_and_halves_disjoint():
+    rng = np.random.default_rng(1)
+    subjects = np.repeat(np.array(["a", "b", "c", "d", "e", "f"]), [5, 7, 3, 6, 4, 5])
+    for _ in range(20):
+        a, b = split_halves(subjects, len(subjects), rng)
+        assert not set(subjects[a]) & set(subjects[b])
+        assert len(a) + len(b) == len(subjects) and abs(len(a) - len(b)) <= 7
+        idx = bootstrap_indices(subjects, len(subjects), rng)
+        counts = {s: int(np.sum(subjects[idx] == s)) for s in set(subjects)}
+        sizes = {s: int(np.sum(subjects == s)) for s in set(subjects)}
+        assert all(counts[s] % sizes[s] == 0 for s in counts)  # whole subjects only
+
+
+def test_severity_score_mapping_and_relative_severity():
+    assert sev.component_score(0.0) == 0.0 and sev.component_score(2.0) == 0.0
+    assert sev.component_score(6.0) == pytest.approx(1 - math.exp(-1))
+    assert sev.null_z(0.5, 1.0, 0.1, "greater") == 0.0  # below the null level is not worse
+    assert sev.null_z(0.5, 1.0, 0.1, "two-sided") == pytest.approx(5.0)
+    comps = {"a": "greater", "b": "two-sided"}
+    runs = [{"a": {"value": v, "null_mean": 0.0, "null_sd": 1.0}, "b": {"value": w, "null_mean": 1.0, "null_sd": 1.0}}
+            for v, w in ((0.0, 1.0), (2.0, 1.5), (4.0, 0.0))]
+    # a: deviations 0, 2, 4 -> 0, .5, 1; b: 0, .5, 1 -> 0, .5, 1
+    assert sev.relative_severity(runs, comps) == pytest.approx([0.0, 0.5, 1.0])
+
+
+def test_identical_sets_score_zero_and_every_difference_metric_is_ideal(demo_cache):
+    real = _cache_set(demo_cache)
+    res = run_diagnostics(real, real, _cfg(), families=load_families(skip=["classifier"]), progress=None,
+                          strict=True)
+    m = res["metrics"]
+    assert res["severity"]["severity"] == 0.0
+    assert not res["severity"]["missing"]
+    for name in ("spectral_slope_diff", "spectral_js", "hf_ratio_diff", "texture_ks_mean", "wasserstein_all",
+                 "pixel_frac_significant", "ks_all"):
+        assert m[name]["value"] == pytest.approx(0.0, abs=1e-9), name
+    for name in ("wavelet_hh_l1_ratio", "wavelet_hl_l1_ratio", "gradient_ratio", "spatial_corr_ratio",
+                 "boundary_sharpness_ratio"):
+        assert m[name]["value"] == pytest.approx(1.0, abs=1e-9), name
+    assert res["resampling"]["real"] == "subjects (10)"
+    assert res["zbins"]["spectral_slope_diff"]  # z-bins known -> per-bin breakdown
+    assert all(v == pytest.approx(0.0, abs=1e-9) for v in res["zbins"]["spectral_slope_diff"].values())
+
+
+def test_subject_disjoint_halves_of_real_data_score_near_zero(demo_cache):
+    real = _cache_set(demo_cache, ["sub-001", "sub-002", "sub-003", "sub-007", "sub-008"])
+    other = _cache_set(demo_cache, ["sub-004", "sub-005", "sub-006", "sub-009", "sub-010"])
+    res = run_diagnostics(real, other, _cfg(), families=load_families(only=["spectral", "wavelet", "texture",
+                                                                             "background", "pixel", "intensity"]),
+                          progress=None, strict=True)
+    assert res["severity"]["severity"] < 0.15
+    # subjects differ, so some pixels differ; but no more than between halves of the real set
+    frac = res["metrics"]["pixel_frac_significant"]
+    assert frac["value"] < 0.1 and frac["value"] <= frac["null_mean"] + 3 * frac["null_sd"]
+
+
+def test_image_only_data_skip_mask_families_and_bad_selection():
+    rng = np.random.default_rng(0)
+    imgs = rng.uniform(-1, 1, (8, 1, 16, 16)).astype(np.float32)
+    fams = load_families(only=["morphology", "boundary"])
+    res = run_diagnostics(ImageSet(imgs), ImageSet(imgs[::-1].copy()), _cfg(), families=fams, progress=None)
+    assert {f["status"] for f in res["families"].values()} == {"skipped"}
+    assert "image-only" in res["families"]["morphology"]["reason"]
+    with pytest.raises(UserError, match="unknown family 'spectrum'"):
+        load_families(only=["spectrum"])
+    with pytest.raises(UserError, match="differ in channels or size"):
+        run_diagnostics(ImageSet(imgs), ImageSet(imgs[:, :, :8]), _cfg(), families=[MEAN_FAMILY], progress=None)
