@@ -3,7 +3,7 @@ import json
 import pytest
 
 from jsddpm.errors import UserError
-from jsddpm.study import grid_points, parse_grid, run_study, study_tables, variance_share
+from jsddpm.study import finish_study, grid_points, parse_grid, run_study
 
 
 def test_parse_grid_types_values_and_rejects_bad_items():
@@ -52,25 +52,26 @@ def test_study_resumes_after_a_crash_and_skips_finished_points(tmp_path):
     assert json.loads((tmp_path / "study.json").read_text())["grid"]["loss.p"] == [1.5, 2.0]
 
 
-def test_variance_share_is_one_for_the_only_factor_that_matters():
-    rows = [{"a": a, "b": b, "severity": {"x": 0.1, "y": 0.5}[a]} for a in "xy" for b in (1, 2, 3)]
-    shares = variance_share(rows, ["a", "b"])
-    assert shares["a"] == pytest.approx(1.0) and shares["b"] == pytest.approx(0.0)
-    # additive effects split the variance by their sums of squares
-    rows = [{"a": a, "b": b, "severity": a + 2 * b} for a in (0, 1) for b in (0, 1)]
-    shares = variance_share(rows, ["a", "b"])
-    assert shares["a"] == pytest.approx(0.2) and shares["b"] == pytest.approx(0.8)
+def _fake_diagnostics(folder, prediction_type, p, severity):
+    folder.mkdir(parents=True)
+    metrics = {"wavelet_hh_l1_ratio": {"value": 0.7}, "glcm_contrast_real": {"value": 80.0},
+               "glcm_contrast_synth": {"value": 75.0}, "spectral_slope_diff": {"value": severity / 10}}
+    (folder / "diagnostics.json").write_text(json.dumps({"metrics": metrics, "severity": {"severity": severity}}))
+    (folder / "generator_config.yaml").write_text(
+        f"diffusion:\n  prediction_type: {prediction_type}\nloss:\n  p: {p}\ntrain:\n  out_dir: {folder}\n")
+    return folder
 
 
-def test_study_tables_name_the_best_configuration_and_the_dominant_factor():
-    rows = []
+def test_finish_study_names_the_best_configuration_and_the_dominant_factor(tmp_path):
+    dirs = []
     for pt, base in (("epsilon", 0.6), ("v", 0.4), ("sample", 0.2)):
         for p, bump in ((1.5, 0.0), (2.0, 0.01)):
-            rows.append({"diffusion.prediction_type": pt, "loss.p": p, "severity": base + bump,
-                         "wavelet_hh_l1_ratio": 0.7, "glcm_contrast_real": 80.0, "glcm_contrast_synth": 75.0})
-    md, summary = study_tables(rows, ["diffusion.prediction_type", "loss.p"])
-    assert summary["best"] == {"diffusion.prediction_type": "sample", "loss.p": 1.5}
-    assert summary["best_prediction_type"] == "sample"
-    assert summary["dominant_factor"] == "diffusion.prediction_type"
-    assert "| Severity | 0.605 | 0.205 | 0.405 | 0 |" in md  # columns sorted: epsilon, sample, v
-    assert "| GLCM contrast | 75 | 75 | 80 |" in md
+            dirs.append(_fake_diagnostics(tmp_path / "points" / f"{pt}_{p}", pt, p, base + bump))
+    study_md = finish_study(dirs, tmp_path, log=lambda s: None)
+    text = study_md.read_text()
+    assert "Lowest severity: **sample_1.5**" in text
+    assert "the factor explaining most of the variance in severity is **diffusion.prediction_type**" in text
+    assert "## Lp norm within the best prediction type (sample)" in text
+    # rerunning after more points finished replaces the aggregate instead of failing on the existing folder
+    finish_study(dirs[:4], tmp_path, log=lambda s: None)
+    assert "Lowest severity: **v_1.5**" in study_md.read_text()

@@ -280,7 +280,7 @@ def _run_config(folder: Path) -> tuple[dict, str]:
     return {}, ""
 
 
-def aggregate(dirs, out) -> Path:
+def aggregate(dirs, out, overwrite: bool = False) -> Path:
     """cross_experiment.csv, grouped tables per varying factor, tables.md over diagnostics folders."""
     from .diagnostics import aggregate as agg
 
@@ -297,7 +297,7 @@ def aggregate(dirs, out) -> Path:
         for r in runs:
             r.name = f"{Path(r.path).parent.name}/{r.name}"
     rows, factors = agg.experiment_rows(runs)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, overwrite=overwrite) as tmp:
         atomic_write_text(tmp / "cross_experiment.csv", csv_text(rows))
         for factor in factors:
             table = agg.grouped_rows(rows, factor)

@@ -1,16 +1,14 @@
 """`jsddpm study`: train -> generate -> diagnose for every point of a config grid, resumable, then the
-reference study's tables (prediction-type table, Lp table within the best prediction type, the share
-of variance in severity explained by each factor, and a generated summary).
+reference study's tables through `diagnose aggregate`.
 
-The grid logic and the tables are plain functions; the per-point work is `pipeline.run_point`, passed
-in as a callable so the resume logic can be tested without training anything.
+The per-point work (`pipeline.run_point`) is passed in as a callable, so the resume logic can be
+tested without training anything.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -124,98 +122,21 @@ def run_study(
     return diag_dirs
 
 
-# ------------------------------------------------------------------------------------ tables
-def variance_share(rows: list[dict], factors: Sequence[str], response: str = "severity") -> dict[str, float]:
-    """Share of the variance of `response` explained by each factor's main effect (eta squared:
-    between-level sum of squares / total sum of squares); the remainder is interaction and noise."""
-    ys = [r[response] for r in rows if r.get(response) is not None and math.isfinite(r[response])]
-    if len(ys) < 2:
-        return {f: float("nan") for f in factors}
-    mean = sum(ys) / len(ys)
-    total = sum((y - mean) ** 2 for y in ys)
-    shares = {}
-    for f in factors:
-        groups: dict = {}
-        for r in rows:
-            if r.get(response) is not None and math.isfinite(r[response]):
-                groups.setdefault(repr(r[f]), []).append(r[response])
-        between = sum(len(g) * (sum(g) / len(g) - mean) ** 2 for g in groups.values())
-        shares[f] = between / total if total > 0 else 0.0
-    return shares
+# ---------------------------------------------------------------------------------- tables
+def finish_study(diag_dirs: Sequence[Path], out: Path, log: Callable[[str], None] = print) -> Path:
+    """Aggregate the finished points (factors read from each run's saved generator config) into
+    `out/aggregate` (cross_experiment.csv, grouped tables, variance shares) and `out/study.md`: the
+    prediction-type table, the Lp table within the best prediction type, the share of variance in
+    severity per factor, and a one-line summary naming the best configuration and dominant factor."""
+    from .diagnose import aggregate
+    from .io import atomic_write_text
 
-
-def _fmt(x) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "—"
-    if isinstance(x, float):
-        return f"{x:.4g}"
-    return str(x)
-
-
-def _mean(values):
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    return sum(vals) / len(vals) if vals else None
-
-
-def study_tables(rows: list[dict], factors: Sequence[str]) -> tuple[str, dict]:
-    """The study's markdown tables and a summary dict. `rows`: one per experiment with the factor
-    values (read from saved configs) and the metric values (flat: metric name -> value)."""
-    md, summary = [], {}
-    pt_key, p_key = "diffusion.prediction_type", "loss.p"
-    if not rows:
-        return "No finished experiments.\n", summary
-
-    best = min(rows, key=lambda r: r.get("severity") if r.get("severity") is not None else math.inf)
-    summary["best"] = {f: best[f] for f in factors}
-    summary["best_severity"] = best.get("severity")
-
-    if pt_key in factors:
-        types = sorted({r[pt_key] for r in rows})
-        md.append("## Prediction type (mean over the other factors)\n")
-        md.append("| Metric | " + " | ".join(types) + " | Ideal |")
-        md.append("| --- |" + " --- |" * (len(types) + 1))
-        for metric, ideal, label in PREDICTION_TABLE:
-            cells = [_fmt(_mean(r.get(metric) for r in rows if r[pt_key] == t)) for t in types]
-            md.append(f"| {label} | " + " | ".join(cells) + f" | {_fmt(ideal)} |")
-        md.append("")
-        by_type = {t: _mean(r.get("severity") for r in rows if r[pt_key] == t) for t in types}
-        best_type = min(by_type, key=lambda t: by_type[t] if by_type[t] is not None else math.inf)
-        summary["best_prediction_type"] = best_type
-    else:
-        best_type = None
-
-    if p_key in factors:
-        sub = [r for r in rows if best_type is None or r[pt_key] == best_type]
-        ps = sorted({r[p_key] for r in sub})
-        title = f" within prediction type `{best_type}`" if best_type else ""
-        md.append(f"## Lp norm{title}\n")
-        md.append("| Metric | " + " | ".join(f"p={p}" for p in ps) + " | Real / Ideal |")
-        md.append("| --- |" + " --- |" * (len(ps) + 1))
-        for metric, ideal, real_key, label in LP_TABLE:
-            cells = [_fmt(_mean(r.get(metric) for r in sub if r[p_key] == p)) for p in ps]
-            ref = ideal if real_key is None else _mean(r.get(real_key) for r in sub)
-            md.append(f"| {label} | " + " | ".join(cells) + f" | {_fmt(ref)} |")
-        md.append("")
-
-    shares = variance_share(rows, factors)
-    summary["variance_share"] = shares
-    md.append("## Share of the variance in severity explained by each factor\n")
-    md.append("| Factor | Share |")
-    md.append("| --- | --- |")
-    for f, s in shares.items():
-        md.append(f"| {f} | {_fmt(s)} |")
-    residual = 1.0 - sum(s for s in shares.values() if math.isfinite(s))
-    md.append(f"| interaction + noise | {_fmt(residual)} |")
-    md.append("")
-
-    dominant = max(shares, key=lambda f: shares[f] if math.isfinite(shares[f]) else -1.0)
-    summary["dominant_factor"] = dominant
-    best_desc = ", ".join(f"{f}={best[f]}" for f in factors)
-    md.append("## Summary\n")
-    md.append(
-        f"The best configuration is {best_desc} (severity {_fmt(best.get('severity'))}). "
-        f"The dominant factor is `{dominant}`, explaining {_fmt(100 * shares[dominant])}% of the variance "
-        f"in severity across the {len(rows)} experiments."
-    )
-    md.append("")
-    return "\n".join(md), summary
+    if len(diag_dirs) < 2:
+        log("study: fewer than two finished points; nothing to aggregate")
+        return out
+    agg = aggregate(diag_dirs, out / "aggregate", overwrite=True)
+    tables = (agg / "tables.md").read_text()
+    atomic_write_text(out / "study.md", tables.replace("# Cross-experiment diagnostics", "# Study", 1))
+    summary = next((line for line in tables.splitlines() if line.startswith("Lowest severity")), "")
+    log(f"study: {len(diag_dirs)} experiments -> {out / 'study.md'}" + (f"\n{summary}" if summary else ""))
+    return out / "study.md"

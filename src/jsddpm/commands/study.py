@@ -1,0 +1,39 @@
+"""`jsddpm study --config BASE --grid key=v1,v2 ... --out DIR`: a resumable grid of experiments."""
+
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    from ..study import DEFAULT_GRID
+
+    parser.add_argument("--config", "-c", default="demo_cpu", help="base config path or preset (default demo_cpu)")
+    parser.add_argument("--grid", nargs="+", default=list(DEFAULT_GRID), metavar="key=v1,v2",
+                        help=f"grid axes (default: {' '.join(DEFAULT_GRID)})")
+    parser.add_argument("--out", required=True, help="study folder; rerun the same command to resume")
+    parser.add_argument("--cache", default=None,
+                        help="slice cache to train on (default: data.cache_dir, else the demo cohort built in DIR)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every point")
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from ..config import load_config
+    from ..pipeline import ensure_cache, ensure_cohort, run_point
+    from ..study import finish_study, grid_points, parse_grid, run_study
+
+    grid = parse_grid(args.grid)
+    base = load_config(args.config, args.overrides)
+    for point in grid_points(grid):  # a bad key or value fails now, not after hours of training
+        load_config(args.config, list(args.overrides) + [f"{k}={v}" for k, v in point.items()])
+    out = Path(args.out)
+    cache = args.cache or base.data.cache_dir
+    if not cache:
+        cache = ensure_cache(ensure_cohort(out / "cohort", 60, 20, 0), out / "cache", base)
+
+    def one_point(overrides, point_dir):
+        return run_point(load_config(args.config, overrides), Path(cache), point_dir)
+
+    diag_dirs = run_study(list(args.overrides), grid, out, one_point, base_config=args.config)
+    finish_study(diag_dirs, out)
+    return 0

@@ -1,0 +1,121 @@
+"""The stages chained: demo cohort -> cache -> train -> generate -> diagnose, each stage skipped when
+its finished output is already there, so `jsddpm demo` and `jsddpm study` resume after a crash.
+
+A stage is finished when its output folder exists (every stage writes through `io.atomic_dir`, so a
+folder that exists is complete), except training, which writes into its folder as it goes and is
+finished when `train/finished.json` exists (written after `fit` returns).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .io import atomic_write_text
+
+Log = Callable[[str], None]
+
+
+def ensure_cohort(folder: Path, subjects: int, patients: int, seed: int, log: Log = print) -> Path:
+    """The demo cohort (NIfTI + manifest.csv); reused when already there."""
+    from .data.phantom import write_cohort
+    from .io import atomic_dir, write_run_record
+
+    manifest = folder / "manifest.csv"
+    if manifest.is_file():
+        log(f"cohort: reusing {manifest}")
+        return manifest
+    t0 = time.perf_counter()
+    with atomic_dir(folder) as tmp:
+        write_cohort(tmp, subjects - patients, patients, seed)
+        write_run_record(tmp)
+    log(f"cohort: {subjects - patients} controls + {patients} patients from the MNI152 template "
+        f"in {time.perf_counter() - t0:.0f} s -> {folder}")
+    return manifest
+
+
+def ensure_cache(manifest: Path, folder: Path, cfg: Any, log: Log = print) -> Path:
+    from .data.cache import build_volume_cache
+
+    if (folder / "index.csv").is_file():
+        log(f"cache: reusing {folder}")
+        return folder
+    t0 = time.perf_counter()
+    stats = build_volume_cache(manifest, folder, cfg)
+    n = stats.get("n_slices", "?") if isinstance(stats, dict) else "?"
+    log(f"cache: {n} slices at {cfg.data.image_size} px in {time.perf_counter() - t0:.0f} s -> {folder}")
+    return folder
+
+
+def held_out_spec(cache_dir: Path, split: str) -> dict:
+    """Generation spec matching the held-out real slices: one sample per real slice of each
+    (z-bin, class), so real and synthetic sets are compared like for like."""
+    from .data.cache import load_cache
+
+    cache = load_cache(cache_dir)
+    idx = cache.indices(split)
+    pairs = np.stack([cache.index["zbin"][idx], cache.index["label"][idx]], axis=1).astype(np.int64)
+    keys, counts = np.unique(pairs, axis=0, return_counts=True)
+    return {"conditions": [{"zbin": int(z), "label": int(c), "count": int(n)} for (z, c), n in zip(keys, counts)]}
+
+
+def train_stage(cfg: Any, train_dir: Path, log: Log = print) -> Path:
+    """Train (resuming from last.ckpt when a previous attempt was cut short); returns the checkpoint to
+    sample from: best.ckpt (lowest EMA validation loss) when there is one, else last.ckpt."""
+    from omegaconf import OmegaConf
+
+    from .training.trainer import CHECKPOINT_DIR, train
+
+    ckpts = train_dir / CHECKPOINT_DIR
+    finished = train_dir / "finished.json"
+    if finished.is_file():
+        log(f"train: finished earlier, reusing {ckpts}")
+    else:
+        cfg = OmegaConf.merge(cfg, {"train": {"out_dir": str(train_dir), "resume": "auto"}})
+        t0 = time.perf_counter()
+        train(cfg)
+        atomic_write_text(finished, json.dumps({"seconds": time.perf_counter() - t0}) + "\n")
+    for name in ("best.ckpt", "last.ckpt"):
+        if (ckpts / name).is_file():
+            return ckpts / name
+    raise FileNotFoundError(f"{ckpts}: training wrote no checkpoint")
+
+
+def generate_stage(ckpt: Path, out: Path, spec: dict, overrides: Sequence[str] = (), log: Log = print) -> Path:
+    from .generation import generate
+
+    if (out / "samples.npz").is_file():
+        log(f"generate: reusing {out}")
+        return out
+    t0 = time.perf_counter()
+    generate(ckpt, out, spec=spec, overrides=list(overrides))
+    n = sum(c["count"] for c in spec["conditions"])
+    log(f"generate: {n} samples in {time.perf_counter() - t0:.0f} s ({n / (time.perf_counter() - t0):.1f}/s)")
+    return out
+
+
+def diagnose_stage(cfg: Any, real: Path, synthetic: Path, out: Path, log: Log = print) -> Path:
+    from .diagnose import run_all
+
+    if (out / "diagnostics.json").is_file():
+        log(f"diagnose: reusing {out}")
+        return out
+    return run_all(real, synthetic, out, cfg, progress=log)
+
+
+def run_point(cfg: Any, cache_dir: Path, point_dir: Path, log: Log = print) -> Path:
+    """train -> generate (matching the held-out split) -> diagnose for one config; resumable."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.merge(cfg, {"data": {"cache_dir": str(cache_dir)}})
+    ckpt = train_stage(cfg, point_dir / "train", log)
+    spec = held_out_spec(cache_dir, str(cfg.diagnostics.real_split))
+    # the generation stage reads model/diffusion from the checkpoint; the sample section from here
+    sample_overrides = [f"sample.{k}={v}" for k, v in OmegaConf.to_container(cfg.sample).items()]
+    gen = generate_stage(ckpt, point_dir / "generated", spec, sample_overrides, log)
+    return diagnose_stage(cfg, cache_dir, gen, point_dir / "diagnostics", log)
