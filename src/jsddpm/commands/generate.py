@@ -1,0 +1,20 @@
+"""`jsddpm generate --ckpt K --out DIR [--spec S.json] [--config C] [sample.key=value ...]`."""
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--ckpt", required=True, help="checkpoint written by jsddpm train (last.ckpt / best.ckpt)")
+    parser.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    parser.add_argument("--spec", default=None,
+                        help="JSON counts per (z-bin, class); default: sample.n_per_condition for each")
+    parser.add_argument("--config", "-c", default=None,
+                        help="YAML whose sample section replaces the checkpoint's (optional)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="sample.* overrides, e.g. sample.steps=25")
+
+
+def run(args) -> int:
+    from ..generation import generate, read_spec
+
+    generate(args.ckpt, args.out, spec=read_spec(args.spec), config_path=args.config,
+             overrides=args.overrides, overwrite=args.overwrite)
+    return 0

@@ -1,0 +1,57 @@
+"""The training objective as configured: `diffusion.diffusion_loss` plus the learnable uncertainty
+weights it may use, the self-conditioning first pass, and the validation loss."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..diffusion.losses import (
+    UncertaintyWeighting,
+    channel_weight_vector,
+    diffusion_loss,
+    lesion_weight_map,
+    lp_loss,
+)
+from ..diffusion.schedule import NoiseSchedule
+from ..diffusion.self_conditioning import self_condition_input
+
+
+class Objective(nn.Module):
+    """Holds the only trained parameters outside the network: the uncertainty log variances."""
+
+    def __init__(self, cfg: Any, schedule: NoiseSchedule):
+        super().__init__()
+        self.schedule = schedule
+        self.prediction_type = str(cfg.diffusion.prediction_type)
+        self.loss_cfg = cfg.loss
+        self.joint_mask = bool(cfg.model.joint_mask)
+        self.self_conditioning_prob = float(cfg.diffusion.self_conditioning_prob)
+        self.clip_x0 = bool(cfg.diffusion.clip_x0)
+        self.uncertainty = (UncertaintyWeighting(list(cfg.loss.uncertainty_init))
+                            if cfg.loss.uncertainty_weighting else None)
+
+    def forward(self, pred, x0, noise, x_t, t) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(total loss, detached parts for logging)."""
+        total, parts = diffusion_loss(pred, x0, noise, x_t, t, self.schedule, self.prediction_type,
+                                      self.loss_cfg, joint_mask=self.joint_mask, uncertainty=self.uncertainty)
+        logs = {k: v.detach() for k, v in parts.items() if k != "loss"}
+        if self.uncertainty is not None:
+            logs.update({f"log_var_{i}": v for i, v in enumerate(self.uncertainty.log_vars.detach())})
+        return total, logs
+
+    def validation_loss(self, pred, x0, noise, t) -> torch.Tensor:
+        """The weighted Lp loss alone, without timestep weighting: a stable early-stopping signal."""
+        target = self.schedule.training_target(x0, noise, t, self.prediction_type)
+        channel_w = channel_weight_vector(self.loss_cfg.channel_weights, x0.shape[1], self.joint_mask)
+        pixel_w = lesion_weight_map(x0[:, -1:], self.loss_cfg.lesion_weight) if self.joint_mask else None
+        return lp_loss(pred, target, self.loss_cfg.p, channel_w, pixel_w).mean()
+
+    def self_condition(self, net, x_t, t, cond: dict) -> torch.Tensor | None:
+        """None without self-conditioning; else zeros or (with probability p) a gradient-free x0 estimate."""
+        if self.self_conditioning_prob <= 0:
+            return None
+        return self_condition_input(net, x_t, t, self.schedule, self.prediction_type,
+                                    self.self_conditioning_prob, clip_x0=self.clip_x0, **cond)

@@ -1,0 +1,195 @@
+"""Trainer factory and the `jsddpm train` stage.
+
+Output folder: config.yaml, versions.json, checkpoints/{last,best}.ckpt, logs/version_K/metrics.csv
+(one per start or resume), tensorboard/, samples/epoch_XXXX.png. DDP across GPUs / nodes and SLURM
+come from Lightning.
+"""
+
+from __future__ import annotations
+
+import datetime
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import UserError
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def resolve_accelerator(setting: str) -> str:
+    if setting == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return setting
+
+
+def check_precision(precision: str, accelerator: str) -> str:
+    """The precision to use, exactly as configured; a combination that cannot run is an error."""
+    if accelerator == "cpu" and precision == "16-mixed":
+        raise UserError("train.precision=16-mixed needs a GPU; on CPU use train.precision=32 (or bf16-mixed)")
+    return {"32": "32-true", "64": "64-true"}.get(precision, precision)
+
+
+def build_trainer(cfg: Any, out_dir: Path, has_val: bool, extra_callbacks=()):
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from .callbacks import AtomicCheckpointIO, SampleGrid
+
+    t = cfg.train
+    accelerator = resolve_accelerator(str(t.accelerator))
+    ckpt_dir = out_dir / CHECKPOINT_DIR
+    callbacks = [
+        # last.ckpt: every ckpt_every_n_steps steps (mid-epoch resume) and at every epoch end
+        ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True,
+                        every_n_train_steps=t.ckpt_every_n_steps or None, save_on_train_epoch_end=True),
+        SampleGrid(out_dir / "samples", t.sample_every_n_epochs, t.sample_grid_steps),
+        *extra_callbacks,
+    ]
+    if has_val:
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min",
+                                         save_top_k=1, auto_insert_metric_name=False,
+                                         enable_version_counter=False))
+        if t.patience > 0:
+            callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=t.patience))
+    return L.Trainer(
+        accelerator=accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=check_precision(str(t.precision), accelerator),
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
+        max_time=datetime.timedelta(minutes=t.max_minutes) if t.max_minutes else None,
+        gradient_clip_val=t.grad_clip or None,
+        check_val_every_n_epoch=t.val_every_n_epochs,
+        limit_val_batches=None if has_val else 0,
+        num_sanity_val_steps=0,
+        log_every_n_steps=t.log_every_n_steps,
+        # one CSV folder per (re)start: Lightning's CSV logger would delete an existing metrics.csv
+        logger=[CSVLogger(out_dir, name="logs"),
+                TensorBoardLogger(out_dir, name="tensorboard", version="", default_hp_metric=False)],
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,  # the module's samplers shard by rank themselves
+        enable_model_summary=False,
+        default_root_dir=out_dir,
+    )
+
+
+def resume_path(cfg: Any, out_dir: Path) -> Path | None:
+    """The checkpoint `train.resume` points at ("" fresh, "auto" last.ckpt if present, or a path)."""
+    last = out_dir / CHECKPOINT_DIR / "last.ckpt"
+    resume = str(cfg.train.resume)
+    if resume == "":
+        if last.exists():
+            raise UserError(f"{last}: this folder already holds a run; resume it with train.resume=auto "
+                            "or choose another train.out_dir")
+        return None
+    if resume == "auto":
+        return last if last.exists() else None
+    path = Path(resume)
+    if not path.is_file():
+        raise UserError(f"train.resume={resume}: checkpoint not found; give a .ckpt path, auto, or ''")
+    return path
+
+
+def check_resume_compatible(cfg: Any, ckpt_path: Path) -> None:
+    """The network and objective must match the checkpoint's; schedule lengths etc. may change."""
+    from ..config import to_container
+    from ..generation import load_checkpoint
+
+    stored = load_checkpoint(ckpt_path)["jsddpm"]["config"]
+    now = to_container(cfg)
+    for section in ("model", "diffusion", "loss"):
+        if stored.get(section) != now.get(section):
+            diff = sorted(k for k in set(stored[section]) | set(now[section])
+                          if stored[section].get(k) != now[section].get(k))
+            raise UserError(f"{ckpt_path}: written with different {section}.* settings ({', '.join(diff)}); "
+                            "resume with the same settings or start a new train.out_dir")
+
+
+def check_train_config(cfg: Any) -> None:
+    """train.* values the schema's types cannot rule out; one line each."""
+    t = cfg.train
+    checks = [
+        (t.warmup_steps >= 0, "train.warmup_steps must be >= 0"),
+        (t.weight_decay >= 0, "train.weight_decay must be >= 0"),
+        (len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), "train.betas must be two numbers in [0, 1)"),
+        (t.grad_clip >= 0, "train.grad_clip must be >= 0 (0 disables clipping)"),
+        (t.max_epochs >= 1 or t.max_steps > 0, "set train.max_epochs >= 1 or train.max_steps > 0"),
+        (t.max_minutes is None or t.max_minutes > 0, "train.max_minutes must be > 0 (or null for no limit)"),
+        (t.val_every_n_epochs >= 1, "train.val_every_n_epochs must be at least 1"),
+        (t.val_timestep_buckets >= 1, "train.val_timestep_buckets must be at least 1"),
+        (t.val_max_samples >= 0, "train.val_max_samples must be >= 0 (0 = the whole val split)"),
+        (t.patience >= 0, "train.patience must be >= 0 (0 disables early stopping)"),
+        (t.sample_every_n_epochs >= 0, "train.sample_every_n_epochs must be >= 0 (0 disables grids)"),
+        (t.sample_grid_steps >= 1, "train.sample_grid_steps must be at least 1"),
+        (t.ckpt_every_n_steps >= 0, "train.ckpt_every_n_steps must be >= 0"),
+        (t.log_every_n_steps >= 1, "train.log_every_n_steps must be at least 1"),
+        (t.cpu_threads >= 0, "train.cpu_threads must be >= 0 (0 = torch's default)"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise UserError(f"config: {msg}")
+
+
+def check_cache_compatible(cfg: Any, cache) -> None:
+    where = str(cache.root)
+    _, c, h, w = cache.images.shape
+    m = cfg.model
+    problems = [
+        (h == w == cfg.data.image_size or cfg.data.resize_on_the_fly,  # on the fly: resized when read
+         f"images are {h}x{w} but data.image_size={cfg.data.image_size}"),
+        (c == m.image_channels, f"images have {c} channels but model.image_channels={m.image_channels}"),
+        (cache.masks is not None or not m.joint_mask, "has no masks but model.joint_mask=true (set it false)"),
+        (cache.n_zbins == cfg.data.n_zbins, f"has {cache.n_zbins} z-bins but data.n_zbins={cfg.data.n_zbins}"),
+        (m.num_classes == 0 or int(cache.index["label"].max(initial=0)) < m.num_classes,
+         f"has labels up to {int(cache.index['label'].max(initial=0))} but model.num_classes={m.num_classes}"),
+        (len(cache.indices("train")) > 0, "has no train slices"),
+    ]
+    for ok, msg in problems:
+        if not ok:
+            raise UserError(f"{where}: {msg}; rebuild the cache or fix the config")
+
+
+def train(cfg: Any, callbacks=()) -> Path:
+    """The `jsddpm train` stage (`callbacks`: extra Lightning callbacks). Returns the output folder."""
+    import lightning as L
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from ..data.cache import load_cache
+    from ..io import write_run_record
+    from .module import DiffusionModule
+
+    check_train_config(cfg)
+    if not cfg.data.cache_dir:
+        raise UserError("data.cache_dir is empty; set it to a slice cache built by `jsddpm cache`")
+    cache = load_cache(cfg.data.cache_dir)
+    check_cache_compatible(cfg, cache)
+    out_dir = Path(cfg.train.out_dir)
+    ckpt_path = resume_path(cfg, out_dir)
+    if ckpt_path is not None:
+        check_resume_compatible(cfg, ckpt_path)
+    if rank_zero_only.rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_run_record(out_dir, cfg)
+    if cfg.train.cpu_threads > 0:
+        torch.set_num_threads(int(cfg.train.cpu_threads))
+    L.seed_everything(int(cfg.train.seed), workers=True, verbose=False)
+    module = DiffusionModule(cfg, cache)
+    has_val = len(cache.indices("val")) > 0
+    if not has_val and rank_zero_only.rank == 0:
+        print(f"train: {cache.root} has no val split: no validation, early stopping or best.ckpt")
+    trainer = build_trainer(cfg, out_dir, has_val=has_val, extra_callbacks=callbacks)
+    with warnings.catch_warnings():
+        # EpochSampler resumes mid-epoch by itself; the EMA copy is in eval mode on purpose
+        warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+        trainer.fit(module, ckpt_path=ckpt_path)
+    if trainer.is_global_zero:
+        print(f"train: {trainer.global_step} steps -> {out_dir / CHECKPOINT_DIR}")
+    return out_dir

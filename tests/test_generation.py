@@ -1,0 +1,124 @@
+"""Generation: spec parsing, per-sample determinism, samples.npz contract, CLI errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from jsddpm.cli import main
+from jsddpm.config import load_config, to_container
+from jsddpm.errors import UserError
+from jsddpm.generation import (
+    Condition,
+    expand,
+    load_checkpoint,
+    model_from_checkpoint,
+    parse_spec,
+    sample_conditions,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine the threads spin
+    (measured: this file 4x slower with 2 threads). Child processes inherit OMP_NUM_THREADS."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+SIZE = 16
+TINY = [f"data.image_size={SIZE}", "data.n_zbins=3", "model.base_channels=8", "model.channel_mult=[1,2]",
+        "model.attention_resolutions=[8]", "model.attention_head_dim=8", "model.num_classes=2",
+        "model.prior=concat", "diffusion.timesteps=50", "diffusion.self_conditioning_prob=0.5",
+        "sample.steps=4", "sample.sampler=ddpm", "sample.guidance_scale=2.0", "sample.device=cpu"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A checkpoint as `jsddpm train` writes it, around a randomly perturbed tiny network (the UNet's
+    zero-initialised output layer would otherwise make every prediction 0)."""
+    from jsddpm.model import build_model
+
+    cfg = load_config(None, TINY)
+    torch.manual_seed(0)
+    net = build_model(cfg, verbose=False)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    state = net.state_dict()
+    ckpt = {
+        "state_dict": {**{f"net.{k}": v for k, v in state.items()},
+                       **{f"ema.module.{k}": v for k, v in state.items()}},
+        "jsddpm": {"format": 1, "config": to_container(cfg), "classes": ["normal", "abnormal"],
+                   "priors": torch.rand(3, SIZE, SIZE)},
+    }
+    path = tmp_path_factory.mktemp("ckpt") / "last.ckpt"
+    torch.save(ckpt, path)
+    return path
+
+
+def test_spec_forms_give_counts_per_condition():
+    assert parse_spec(None, 2, 2, default_count=3) == [Condition(z, c, 3) for z in range(2) for c in range(2)]
+    compact = {"count": 2, "zbins": [0, 2], "overrides": [{"label": "abnormal", "count": 5},
+                                                          {"zbin": 2, "label": 0, "count": 0}]}
+    assert parse_spec(compact, 3, 2, ["normal", "abnormal"]) == [
+        Condition(0, 0, 2), Condition(0, 1, 5), Condition(1, 1, 5), Condition(2, 1, 5)]
+    detailed = [{"zbin": 1, "label": 1, "count": 2}, {"zbin": 0, "label": 0, "count": 1}]
+    assert parse_spec(detailed, 3, 2) == [Condition(0, 0, 1), Condition(1, 1, 2)]
+    zbins, labels, index = expand(parse_spec(detailed, 3, 2))
+    assert zbins.tolist() == [0, 1, 1] and labels.tolist() == [0, 1, 1] and index.tolist() == [0, 0, 1]
+    for bad, needle in [([{"zbin": 3, "label": 0, "count": 1}], "'zbin' must be an integer"),
+                        ([{"zbin": 0, "label": 2, "count": 1}], "not a class index"),
+                        ({"count": -1}, "'count' must be"), ({"cuont": 1}, "unknown key")]:
+        with pytest.raises(UserError, match=needle):
+            parse_spec(bad, 3, 2)
+
+
+def test_samples_do_not_depend_on_batch_size_or_order(checkpoint):
+    ckpt = load_checkpoint(checkpoint)
+    net, cfg = model_from_checkpoint(ckpt)
+    zbins, labels, index = expand(parse_spec({"count": 2, "zbins": [0, 2]}, 3, 2))
+    one = sample_conditions(net, cfg, ckpt, zbins, labels, index, batch_size=1)
+    perm = np.random.default_rng(0).permutation(len(zbins))
+    four = sample_conditions(net, cfg, ckpt, zbins[perm], labels[perm], index[perm], batch_size=4)
+    np.testing.assert_allclose(four, one[perm], atol=1e-5)
+    assert one.std(axis=0).mean() > 0.01  # different conditions / indices give different samples
+    assert set(np.unique(one[:, -1])) <= {-1.0, 1.0}
+
+
+def test_generate_cli_writes_the_samples_contract(checkpoint, tmp_path, capsys):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"count": 1, "overrides": [{"zbin": 1, "label": "abnormal", "count": 2}]}))
+    out = tmp_path / "gen"
+    assert main(["generate", "--ckpt", str(checkpoint), "--out", str(out), "--spec", str(spec),
+                 "sample.batch_size=3", "sample.export_nifti=true", "sample.seed=7", "sample.device=cpu,cpu"]) == 0
+    with np.load(out / "samples.npz") as f:
+        images, zbin, label, seed, index = f["images"], f["zbin"], f["label"], f["seed"], f["index"]
+        np.testing.assert_allclose(f["z"], (zbin + 0.5) / 3)  # conditioned on the z-bin centre
+    assert images.shape == (7, 2, SIZE, SIZE) and images.dtype == np.float32
+    assert images.min() >= -1 and images.max() <= 1 and set(np.unique(images[:, 1])) <= {-1.0, 1.0}
+    assert zbin.tolist() == [0, 0, 1, 1, 1, 2, 2] and label.tolist() == [0, 1, 0, 1, 1, 0, 1]
+    assert len(set(seed.tolist())) == 7
+    for name in ("grid_normal.png", "grid_abnormal.png", "images.nii.gz", "masks.nii.gz", "versions.json"):
+        assert (out / name).is_file(), name
+    saved = load_config(out / "config.yaml")
+    assert saved.sample.seed == 7 and saved.diffusion.prediction_type == "sample" and saved.loss.p == 1.5
+    # drawn in two processes ("GPUs"), every other sample each: the same as drawn in one
+    ckpt = load_checkpoint(checkpoint)
+    net, _ = model_from_checkpoint(ckpt, cfg=saved)
+    np.testing.assert_allclose(images, sample_conditions(net, saved, ckpt, zbin, label, index), atol=1e-5)
+
+    assert main(["generate", "--ckpt", str(checkpoint), "--out", str(out)]) == 2  # exists, not empty
+    assert main(["generate", "--ckpt", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "x")]) == 2
+    (tmp_path / "bad.ckpt").write_bytes(b"\x00garbage")
+    assert main(["generate", "--ckpt", str(tmp_path / "bad.ckpt"), "--out", str(tmp_path / "x")]) == 2
+    assert main(["generate", "--ckpt", str(checkpoint), "--out", str(tmp_path / "x"), "model.base_channels=4"]) == 2
+    assert main(["generate", "--ckpt", str(checkpoint), "--out", str(tmp_path / "x"), "sample.steps=0"]) == 2
+    assert main(["generate", "--ckpt", str(checkpoint), "--out", str(tmp_path / "x"), "sample.device=gpu7"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 6 and all(line.startswith("jsddpm generate: error:") for line in err)
+    assert not (tmp_path / "x").exists()
