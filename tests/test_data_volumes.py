@@ -66,7 +66,8 @@ def test_known_volume_gives_expected_slices_zbins_and_lesion_rows(tmp_path):
     assert cache.images.min() == -1.0 and cache.images.max() == 1.0
     assert cache.images[0, 0, 0, 0] == -1.0  # background
     assert set(np.unique(cache.masks)) == {0, 1}
-    assert cache.stats["classes"] == ["patient"] and cache.stats["n_zbins"] == 4
+    assert cache.stats["classes"] == ["no_lesion", "lesion"] and cache.stats["n_zbins"] == 4
+    np.testing.assert_array_equal(cache.index["label"], cache.index["has_lesion"])
     for name in ("config.yaml", "versions.json", "priors.npy"):
         assert (tmp_path / "cache" / name).is_file()
     joint = cache.joint([0, 10])
@@ -132,8 +133,9 @@ def test_demo_cache_splits_are_subject_disjoint(demo_cache):
     for split in ("train", "val", "test"):
         groups = set(cache.index["group"][cache.indices(split)])
         assert groups == {"control", "patient"}  # stratified: both groups in every split
-    assert cache.stats["classes"] == ["control", "patient"]
-    np.testing.assert_array_equal(cache.index["label"], (cache.index["group"] == "patient").astype(int))
+    # the default class of a slice is its pathology, read from its mask
+    assert cache.stats["classes"] == ["no_lesion", "lesion"]
+    np.testing.assert_array_equal(cache.index["label"], cache.index["has_lesion"])
     assert cache.index["has_lesion"][cache.index["group"] == "control"].sum() == 0
     assert cache.index["has_lesion"][cache.index["group"] == "patient"].sum() > 0
 
@@ -288,3 +290,15 @@ def test_cli_caches_the_phantom_with_the_whole_brain_in_view(demo_phantom, demo_
     assert cache.images.shape[1:] == (1, 48, 48) and not brain_touches_border(cache.images)
     fov = load_config().data.fov_mm
     assert cache.stats["spacing_mm"][:2] == [fov / 48, fov / 48]
+
+
+def test_slice_label_group_uses_the_manifest_groups(demo_phantom, tmp_path):
+    from jsddpm.config import load_config
+    from jsddpm.data.cache import build_volume_cache
+
+    cfg = load_config(None, ["data.slice_label=group", "data.image_size=40", "data.n_zbins=5"])
+    build_volume_cache(demo_phantom / "manifest.csv", tmp_path / "c", cfg)
+    cache = load_cache(tmp_path / "c")
+    assert cache.stats["classes"] == ["control", "patient"]
+    np.testing.assert_array_equal(cache.index["label"], (cache.index["group"] == "patient").astype(int))
+

@@ -31,6 +31,9 @@ class DataConfig:
     cache_dir: str = ""  # slice cache read by train / generate / diagnose
     image_size: int = 64  # target in-plane size: 40, 64, 96, 128, 160 or 256
     spacing_mm: list[float] = field(default_factory=lambda: [3.0, 3.0, 3.0])  # target voxel spacing (RAS)
+    # in-plane field of view: > 0 sets the in-plane spacing to fov_mm / image_size, so every size shows
+    # the same anatomy (224 mm, a usual brain-MRI FOV, holds a whole adult brain); 0 uses spacing_mm's
+    fov_mm: float = 224.0
     z_range: str = "auto"  # "auto" (brain extent, trimmed) or "lo:hi" slice indices after resampling
     z_trim: float = 0.1  # fraction of the brain's axial extent trimmed at each end with z_range=auto
     min_brain_fraction: float = 0.05  # drop slices whose brain area is below this fraction of the image
@@ -42,8 +45,12 @@ class DataConfig:
     seed: int = 42
     # image folders: resize each file when the dataset reads it (True) or once into the cache (False)
     resize_on_the_fly: bool = False
+    resize_images: bool = True  # image folders: resize to image_size; False keeps the files' size (all equal)
     image_root: str = ""  # original image folder, used with resize_on_the_fly
     lesion_oversample: float = 1.0  # sampling weight of lesion slices relative to others (1 = none)
+    # class label of a volume slice: "lesion" (the slice's pathology: no_lesion / lesion, from its mask;
+    # what a generator for segmentation augmentation is asked for) or "group" (the subject's manifest group)
+    slice_label: str = "lesion"
     num_workers: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -53,88 +60,95 @@ class DataConfig:
 class ModelConfig:
     image_channels: int = 1  # 1 (grayscale) or 3 (RGB)
     joint_mask: bool = True  # add the lesion-mask channel: the model learns p(image, mask | ...)
-    base_channels: int = 32
-    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 4])
-    num_res_blocks: int = 1
+    base_channels: int = 32  # channels of the first level; level i has base_channels * channel_mult[i]
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 4])  # one entry per level (any length)
+    num_res_blocks: int = 1  # residual blocks per level on the way down (one more on the way up)
     attention_resolutions: list[int] = field(default_factory=lambda: [16])  # feature-map sizes with attention
-    attention_head_dim: int = 32
-    dropout: float = 0.0
-    norm_groups: int = 8
+    attention_head_dim: int = 32  # channels per attention head
+    dropout: float = 0.0  # inside residual blocks
+    norm_groups: int = 8  # GroupNorm groups; must divide every level's channels
     upsample: str = "bilinear"  # bilinear | bicubic | nearest | transposed
+    upsample_conv_first: bool = True  # 3x3 conv before the interpolation (4x fewer FLOPs); False: after it
     num_classes: int = 2  # pathology classes; 0 disables class conditioning
     z_conditioning: bool = True  # sinusoidal embedding of the continuous normalised z position
     prior: str = "none"  # none | concat | cross_attention (the cache's per-z-bin anatomical prior)
-    prior_attention_resolutions: list[int] = field(default_factory=lambda: [16, 8])
-    prior_tokens: int = 16  # tokens produced by the prior encoder for cross-attention
-    prior_channels: int = 32
+    prior_attention_resolutions: list[int] = field(default_factory=lambda: [16, 8])  # cross-attention sizes
+    prior_tokens: int = 16  # tokens produced by the prior encoder for cross-attention (a square: 4, 9, 16...)
+    prior_channels: int = 32  # width of the prior encoder and of its tokens
 
 
 # ---------------------------------------------------------------------------------- diffusion
 @dataclass
 class DiffusionConfig:
     schedule: str = "cosine"  # linear | cosine | quadratic | sigmoid
-    timesteps: int = 1000
+    timesteps: int = 1000  # T: training timesteps t = 0..T-1; samplers visit any N <= T of them
     prediction_type: str = "sample"  # epsilon | sample (x0) | v
     self_conditioning_prob: float = 0.0  # probability of a self-conditioned training step
     condition_dropout: float = 0.1  # classifier-free guidance: probability of the null condition
-    clip_x0: bool = True
+    clip_x0: bool = True  # clip the x0 estimate to [-1, 1] at every sampling step (and for self-conditioning)
 
 
 @dataclass
 class LossConfig:
     p: float = 1.5  # Lp norm of the regression loss on the configured target
-    channel_weights: list[float] = field(default_factory=lambda: [1.0, 1.0])  # image, mask
+    channel_weights: list[float] = field(default_factory=lambda: [1.0, 1.0])  # image, mask (or one per channel)
     lesion_weight: float = 1.0  # weight of lesion pixels (mask = 1) in the spatial loss
     ffl_weight: float = 0.0  # focal frequency loss on predicted vs true x0; 0 disables it
-    ffl_alpha: float = 1.0
-    ffl_patch_factor: int = 1
-    ffl_log_weight: bool = False
+    ffl_alpha: float = 1.0  # focal exponent of the spectrum weight |d|^alpha
+    ffl_patch_factor: int = 1  # FFL on a patch_factor x patch_factor grid of patches (must divide the size)
+    ffl_log_weight: bool = False  # spectrum weight log(1 + |d|^alpha) instead of |d|^alpha
     uncertainty_weighting: bool = False  # Kendall weighting of the spatial and frequency groups
-    uncertainty_init: list[float] = field(default_factory=lambda: [0.0, 1.0])  # initial log variances
-    min_snr_gamma: float | None = None  # min-SNR-gamma timestep weighting; None disables it
+    uncertainty_init: list[float] = field(default_factory=lambda: [0.0, 1.0])  # initial log variances: spatial, freq
+    min_snr_gamma: float | None = None  # min-SNR-gamma timestep weighting (5 in the paper); None disables it
 
 
 # ----------------------------------------------------------------------------------- training
 @dataclass
 class TrainConfig:
-    out_dir: str = "runs/train"
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    warmup_steps: int = 100
-    max_epochs: int = 500
-    max_steps: int = -1  # -1: no step limit
+    out_dir: str = "runs/train"  # config.yaml, checkpoints/, logs/, tensorboard/, samples/
+    batch_size: int = 16  # per process (DDP: the global batch is devices * nodes * batch_size)
+    lr: float = 1e-3  # AdamW peak learning rate (after warmup; cosine decay to 10% at the last step)
+    weight_decay: float = 0.01  # on Linear / Conv weights only
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
+    warmup_steps: int = 100  # linear LR warmup
+    max_epochs: int = 500  # epoch limit (an epoch = one pass over the train split, padded to whole batches)
+    max_steps: int = -1  # -1: no step limit (the cosine then spans max_epochs)
     max_minutes: float | None = None  # wall-clock budget for the fit (the demo uses it)
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
+    grad_clip: float = 1.0  # gradient norm clipping; 0 disables it
+    ema_decay: float = 0.999  # EMA of all network weights, ramped as min(decay, (1 + n) / (10 + n))
     precision: str = "32"  # 32 | bf16-mixed | 16-mixed (never switched silently)
-    accelerator: str = "auto"
-    devices: str = "auto"
-    num_nodes: int = 1
-    strategy: str = "auto"
-    val_every_n_epochs: int = 1
-    val_timestep_buckets: int = 5
-    patience: int = 25  # early stopping on the EMA validation loss; 0 disables it
+    accelerator: str = "auto"  # auto (GPU if visible, else CPU) | cpu | gpu (Lightning)
+    devices: str = "auto"  # Lightning devices: auto, a count ("2") or ids ("0,1")
+    num_nodes: int = 1  # nodes for multi-node DDP (SLURM is detected by Lightning)
+    strategy: str = "auto"  # Lightning strategy: auto | ddp | ddp_spawn ...
+    val_every_n_epochs: int = 1  # validation (and best.ckpt / early-stopping checks) every N epochs
+    val_timestep_buckets: int = 5  # EMA validation loss at this many fixed timesteps, with fixed noise
+    val_max_samples: int = 512  # validation slices, evenly spaced over the val split (0 = all)
+    patience: int = 25  # early stopping on the EMA validation loss (in validations); 0 disables it
     sample_every_n_epochs: int = 10  # sample grid PNG; 0 disables it
-    sample_grid_steps: int = 10
-    log_every_n_steps: int = 10
-    seed: int = 42
+    sample_grid_steps: int = 10  # DPM-Solver++ steps for the sample grid
+    log_every_n_steps: int = 10  # CSV / TensorBoard logging interval
+    seed: int = 42  # initial weights, data order, augmentation and per-step noise
     resume: str = ""  # "" (fresh), "auto" (last.ckpt in out_dir if present) or a checkpoint path
+    ckpt_every_n_steps: int = 200  # also write last.ckpt every N steps (exact mid-epoch resume); 0 = epoch ends
+    # torch intra-op threads per process; 0 = torch's default (one per core). On a CPU shared with other
+    # jobs, 1 can be much faster: idle threads spin (measured 10x on a busy 2-core machine)
+    cpu_threads: int = 0
 
 
 # ----------------------------------------------------------------------------------- sampling
 @dataclass
 class SampleConfig:
     sampler: str = "dpmpp_2m"  # ddpm | ddim | dpmpp_2m
-    steps: int = 50
-    eta: float = 0.0
-    guidance_scale: float = 1.0
-    batch_size: int = 64
-    seed: int = 0
+    steps: int = 50  # sampler steps (respaced from diffusion.timesteps)
+    eta: float = 0.0  # DDIM stochasticity (0 = deterministic, 1 = ancestral)
+    guidance_scale: float = 1.0  # classifier-free guidance; 1 = conditional model only
+    batch_size: int = 64  # samples per forward batch (results do not depend on it)
+    seed: int = 0  # each sample's noise is seeded from (seed, z-bin, class, index)
     n_per_condition: int = 4  # without a spec file: samples per (z-bin, class)
-    use_ema: bool = True
-    export_nifti: bool = False
+    use_ema: bool = True  # sample with the EMA weights (false: the raw trained weights)
+    export_nifti: bool = False  # also write images.nii.gz / masks.nii.gz stacks (H, W, N)
+    device: str = "auto"  # auto (every visible GPU, one process each; else CPU), cpu, cuda:0, or "cuda:0,cuda:1"
 
 
 # -------------------------------------------------------------------------------- diagnostics
@@ -156,6 +170,24 @@ class DiagnosticsConfig:
     classifier_permutations: int = 1000
     feature_extractor: str = "builtin"  # builtin (no pretrained weights) or a path to local weights
     seed: int = 0
+    # metric families
+    roi_threshold: float = -0.9  # head/brain ROI = pixels above this (then specks dropped, holes filled)
+    roi_min_component: float = 0.002  # ROI specks smaller than this fraction of the image area are dropped
+    wavelet_levels: int = 0  # wavelet levels (0 = the maximum valid for the image size; never beyond it)
+    boundary_max_distance: int = 6  # boundary profiles span this many pixels each side of the lesion edge
+    spatial_max_lag: int = 12  # radial autocorrelation lags 0..this (pixels) for the exponential fit
+    pixel_max_side: int = 64  # per-pixel t-tests on block means bringing the longer side <= this (0 = full)
+    intensity_bins: int = 512  # fixed histogram grid on [-1, 1] for Wasserstein / KS of pixel pools
+    memorization_max_side: int = 40  # nearest-neighbour search on block means of at most this side
+    feature_extractor_channels: int = 0  # channels a local TorchScript extractor wants (0 = as stored)
+    # runner / classifier
+    severity_z0: float = 2.0  # deviations within this many null SDs score 0 in severity
+    severity_scale: float = 4.0  # null SDs beyond severity_z0 over which a component's score reaches 1 - 1/e
+    zbin_min_samples: int = 8  # z-bins with fewer real or synthetic samples get no per-z-bin breakdown
+    classifier_crop: int = 64  # random training crops (full resolution, keeps fingerprints); 0 = whole image
+    classifier_batch_size: int = 64  # training batch (smaller on tiny sets: at least 8 steps per epoch)
+    classifier_lr: float = 3e-3  # Adam learning rate of the classifier
+    classifier_dither_step: float = 0.0  # intensity grid step for dithering; 0 = estimate from the real set
 
 
 # ------------------------------------------------------------------------------------- root
@@ -232,6 +264,7 @@ _CHOICES = {
     "sample.sampler": ("ddpm", "ddim", "dpmpp_2m"),
     "train.precision": ("32", "bf16-mixed", "16-mixed", "64"),
     "diagnostics.real_split": ("train", "val", "test", "all"),
+    "data.slice_label": ("lesion", "group"),
 }
 
 
@@ -260,6 +293,14 @@ def validate(cfg: Any, where: str) -> None:
         (0.0 <= cfg.diffusion.self_conditioning_prob <= 1.0, "diffusion.self_conditioning_prob must be in [0, 1]"),
         (0.0 <= cfg.diffusion.condition_dropout < 1.0, "diffusion.condition_dropout must be in [0, 1)"),
         (cfg.loss.p > 0, "loss.p must be > 0"),
+        (cfg.loss.lesion_weight >= 0, "loss.lesion_weight must be >= 0"),
+        (cfg.loss.ffl_weight >= 0 and cfg.loss.ffl_alpha >= 0, "loss.ffl_weight and loss.ffl_alpha must be >= 0"),
+        (cfg.loss.ffl_patch_factor >= 1, "loss.ffl_patch_factor must be at least 1"),
+        (cfg.loss.min_snr_gamma is None or cfg.loss.min_snr_gamma > 0, "loss.min_snr_gamma must be null or > 0"),
+        (len(cfg.loss.uncertainty_init) == 2, "loss.uncertainty_init must be two initial log variances"),
+        (not cfg.loss.uncertainty_weighting or cfg.loss.ffl_weight > 0,
+         "loss.uncertainty_weighting balances the spatial and frequency losses: set loss.ffl_weight > 0 too"),
+        (cfg.sample.steps <= cfg.diffusion.timesteps, "sample.steps must not exceed diffusion.timesteps"),
         (cfg.train.batch_size >= 1, "train.batch_size must be at least 1"),
         (cfg.train.lr > 0, "train.lr must be > 0"),
         (0.0 <= cfg.train.ema_decay < 1.0, "train.ema_decay must be in [0, 1)"),

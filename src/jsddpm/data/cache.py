@@ -18,6 +18,7 @@ from ..errors import UserError
 INDEX_COLUMNS = ("subject_id", "group", "label", "split", "fold", "z", "z_norm", "zbin", "has_lesion",
                  "lesion_area")
 MANIFEST_COLUMNS = ("subject_id", "image", "mask", "group")
+LESION_CLASSES = ("no_lesion", "lesion")  # class names when data.slice_label = "lesion"
 _INT_COLUMNS = {"label", "fold", "z", "zbin", "has_lesion", "lesion_area"}
 _FLOAT_COLUMNS = {"z_norm"}
 
@@ -240,10 +241,14 @@ def volume_cache_arrays(manifest: Path, data_cfg):
     z_norm = np.concatenate([p.z_norm for p in parts]).astype(np.float32)
     lesion_area = (masks.reshape(len(masks), -1).sum(1).astype(np.int64) if joint
                    else np.zeros(len(images), np.int64))
+    if joint and data_cfg.slice_label == "lesion":
+        classes, label = list(LESION_CLASSES), (lesion_area > 0).astype(np.int64)
+    else:
+        label = per_slice([label_of[r["group"]] for r in rows]).astype(np.int64)
     index = {
         "subject_id": per_slice([r["subject_id"] for r in rows]),
         "group": per_slice([r["group"] for r in rows]),
-        "label": per_slice([label_of[r["group"]] for r in rows]).astype(np.int64),
+        "label": label,
         "split": per_slice(splits),
         "fold": per_slice(folds).astype(np.int64),
         "z": np.concatenate([p.z for p in parts]).astype(np.int64),
