@@ -69,6 +69,7 @@ class ModelConfig:
     norm_groups: int = 8  # GroupNorm groups; must divide every level's channels
     upsample: str = "bilinear"  # bilinear | bicubic | nearest | transposed
     upsample_conv_first: bool = True  # 3x3 conv before the interpolation (4x fewer FLOPs); False: after it
+    resblock_norm2: bool = True  # GroupNorm before each block's scale-shift; False: ~10% faster on CPU
     num_classes: int = 2  # pathology classes; 0 disables class conditioning
     z_conditioning: bool = True  # sinusoidal embedding of the continuous normalised z position
     prior: str = "none"  # none | concat | cross_attention (the cache's per-z-bin anatomical prior)
