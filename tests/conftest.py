@@ -27,3 +27,16 @@ def demo_cache(demo_phantom, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("demo_cache") / "cache"
     build_volume_cache(demo_phantom / "manifest.csv", out, cfg)
     return out
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine the threads spin
+    (measured: the training tests 4x slower with 2 threads). Child processes inherit OMP_NUM_THREADS."""
+    import torch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

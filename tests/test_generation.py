@@ -18,16 +18,7 @@ from jsddpm.generation import (
     sample_conditions,
 )
 
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """Tiny tensors gain nothing from intra-op threads, and on a busy 2-core machine the threads spin
-    (measured: this file 4x slower with 2 threads). Child processes inherit OMP_NUM_THREADS."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SIZE = 16
