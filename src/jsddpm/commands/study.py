@@ -29,7 +29,7 @@ def run(args) -> int:
     out = Path(args.out)
     cache = args.cache or base.data.cache_dir
     if not cache:
-        cache = ensure_cache(ensure_cohort(out / "cohort", 60, 20, 0), out / "cache", base)
+        cache = ensure_cache(ensure_cohort(out / "cohort", 60, 30, 0), out / "cache", base)
 
     def one_point(overrides, point_dir):
         return run_point(load_config(args.config, overrides), Path(cache), point_dir)

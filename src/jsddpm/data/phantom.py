@@ -96,7 +96,8 @@ def lesion_blob(rng: np.random.Generator, shape: tuple[int, int, int], centre: n
 def add_lesion(image: np.ndarray, mask: np.ndarray, template: Template, rng: np.random.Generator) -> None:
     """Place one FCD-like lesion at a random grey/white junction voxel (in place)."""
     centre = template.junction[rng.integers(len(template.junction))]
-    diameter_mm = rng.uniform(3.0, 20.0)
+    # 3-20 mm, weighted towards the larger lesions that FLAIR reading finds (density ~ diameter - 3)
+    diameter_mm = 3.0 + 17.0 * np.sqrt(rng.uniform())
     box, blob = lesion_blob(rng, image.shape, centre, diameter_mm / 2 / template.voxel_mm)
     blob &= (template.gm[box] + template.wm[box]) > 0.2  # stays in tissue
     soft = ndimage.gaussian_filter(blob.astype(np.float32), sigma=0.8)
