@@ -21,6 +21,16 @@ from .io import atomic_write_text
 Log = Callable[[str], None]
 
 
+def timed_logger() -> Log:
+    """A log that prefixes the seconds since it was made and flushes (progress shows in a pipe too)."""
+    t0 = time.perf_counter()
+
+    def log(msg: str) -> None:
+        print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
+
+    return log
+
+
 def ensure_cohort(folder: Path, subjects: int, patients: int, seed: int, log: Log = print) -> Path:
     """The demo cohort (NIfTI + manifest.csv); reused when already there."""
     from .data.phantom import write_cohort

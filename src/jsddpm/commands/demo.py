@@ -21,7 +21,7 @@ def run(args) -> int:
 
     from ..config import load_config
     from ..errors import UserError
-    from ..pipeline import ensure_cache, ensure_cohort, run_point
+    from ..pipeline import ensure_cache, ensure_cohort, run_point, timed_logger
 
     overrides = list(args.overrides)
     if args.minutes is not None:
@@ -31,10 +31,7 @@ def run(args) -> int:
     cfg = load_config(args.config, overrides)
     out = Path(args.out)
     t0 = time.perf_counter()
-
-    def log(msg: str) -> None:
-        print(f"[{time.perf_counter() - t0:6.0f} s] {msg}", flush=True)
-
+    log = timed_logger()
     log(f"demo: {args.config} -> {out} (training budget {cfg.train.max_minutes} min)")
     manifest = ensure_cohort(out / "cohort", args.subjects, args.patients, args.seed, log)
     cache = ensure_cache(manifest, out / "cache", cfg, log)

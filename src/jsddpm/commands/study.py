@@ -19,7 +19,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..config import load_config
-    from ..pipeline import ensure_cache, ensure_cohort, run_point
+    from ..pipeline import ensure_cache, ensure_cohort, run_point, timed_logger
     from ..study import finish_study, grid_points, parse_grid, run_study
 
     grid = parse_grid(args.grid)
@@ -27,13 +27,14 @@ def run(args) -> int:
     for point in grid_points(grid):  # a bad key or value fails now, not after hours of training
         load_config(args.config, list(args.overrides) + [f"{k}={v}" for k, v in point.items()])
     out = Path(args.out)
+    log = timed_logger()
     cache = args.cache or base.data.cache_dir
     if not cache:
-        cache = ensure_cache(ensure_cohort(out / "cohort", 60, 30, 0), out / "cache", base)
+        cache = ensure_cache(ensure_cohort(out / "cohort", 60, 30, 0, log), out / "cache", base, log)
 
     def one_point(overrides, point_dir):
-        return run_point(load_config(args.config, overrides), Path(cache), point_dir)
+        return run_point(load_config(args.config, overrides), Path(cache), point_dir, log)
 
-    diag_dirs = run_study(list(args.overrides), grid, out, one_point, base_config=args.config)
-    finish_study(diag_dirs, out)
+    diag_dirs = run_study(list(args.overrides), grid, out, one_point, base_config=args.config, log=log)
+    finish_study(diag_dirs, out, log)
     return 0
