@@ -397,3 +397,28 @@ def test_compare_and_detail_are_json_ready(runner, cfg):
             for v in detail.values():  # curves carry x, real, synthetic of one length
                 if isinstance(v, dict) and "x" in v:
                     assert len(v["x"]) == len(v["real"]) == len(v["synthetic"]) > 0
+
+
+def test_mask_mmd_caps_its_quadratic_kernel_on_thousands_of_specks():
+    from jsddpm.diagnostics.morphology import MMD_MAX_ROWS, capped_rows, poly_mmd2_unbiased
+
+    rows = np.arange(10)
+    assert capped_rows(rows, 20) is rows
+    sub = capped_rows(np.arange(5000))
+    assert len(sub) == MMD_MAX_ROWS and sub[0] == 0 and sub[-1] == 4999 and len(np.unique(sub)) == len(sub)
+    # a generator that emits noise specks: 64 slices x ~100 one-pixel lesions each
+    rng = np.random.default_rng(0)
+    specks = rng.random((64, 48, 48)) > 0.96
+    real_masks = np.zeros((64, 48, 48), bool)
+    real_masks[:, 20:24, 20:25] = True
+    from jsddpm.diagnostics import morphology
+
+    cfg = load_config(None).diagnostics
+    images = np.zeros((64, 1, 48, 48), np.float32)
+    fr, fs = morphology.features(images, real_masks, cfg), morphology.features(images, specks, cfg)
+    assert len(fs["area"]) > MMD_MAX_ROWS
+    out = morphology.compare(fr, fs, cfg)
+    assert np.isfinite(out["mask_mmd"]["value"]) and out["mask_mmd"]["value"] > 1.0
+    # below the cap the subset is the whole set: the unbiased estimate is unchanged
+    x = rng.normal(size=(50, 3))
+    assert poly_mmd2_unbiased(x[capped_rows(np.arange(50))], x) == poly_mmd2_unbiased(x, x)

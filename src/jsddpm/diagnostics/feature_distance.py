@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import UserError
 from .common import Features, metric
-from .morphology import distinct_rows, poly_mmd2_unbiased
+from .morphology import capped_rows, distinct_rows, poly_mmd2_unbiased
 from .regions import gray, one_blas_thread
 
 NAME = "feature_distance"
@@ -117,5 +117,6 @@ def compare(real: Features, synth: Features, cfg) -> dict[str, dict]:
         mean, sd = both.mean(axis=0), both.std(axis=0)
         sd = np.where(sd > 0, sd, 1.0)
         ka, kb = (a - mean) / sd, (b - mean) / sd
-    kid = poly_mmd2_unbiased(ka[distinct_rows(real["row_id"])], kb[distinct_rows(synth["row_id"])])
+    kid = poly_mmd2_unbiased(ka[capped_rows(distinct_rows(real["row_id"]))],
+                             kb[capped_rows(distinct_rows(synth["row_id"]))])
     return {"kid": metric(kid), "fd": metric(frechet_distance(a, b))}
