@@ -26,6 +26,7 @@ TINY = [
     "model.prior_channels=8", "diffusion.timesteps=100", "train.batch_size=4", "train.warmup_steps=2",
     "train.patience=0", "train.sample_every_n_epochs=1", "train.sample_grid_steps=2", "train.log_every_n_steps=1",
     "train.accelerator=cpu", "train.devices=1", "loss.ffl_weight=0.5", "loss.uncertainty_weighting=true",
+    "train.progress_bar=false",
     "diffusion.self_conditioning_prob=0.5", "loss.min_snr_gamma=5",
 ]
 

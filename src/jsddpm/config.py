@@ -132,6 +132,7 @@ class TrainConfig:
     seed: int = 42  # initial weights, data order, augmentation and per-step noise
     resume: str = ""  # "" (fresh), "auto" (last.ckpt in out_dir if present) or a checkpoint path
     ckpt_every_n_steps: int = 200  # also write last.ckpt every N steps (exact mid-epoch resume); 0 = epoch ends
+    progress_bar: bool = True  # tqdm progress bar during fit (off for batch logs and tests)
     # torch intra-op threads per process; 0 = torch's default (one per core). On a CPU shared with other
     # jobs, 1 can be much faster: idle threads spin (measured 10x on a busy 2-core machine)
     cpu_threads: int = 0

@@ -76,6 +76,7 @@ def build_trainer(cfg: Any, out_dir: Path, has_val: bool, extra_callbacks=()):
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # the module's samplers shard by rank themselves
         enable_model_summary=False,
+        enable_progress_bar=bool(t.progress_bar),
         default_root_dir=out_dir,
     )
 
