@@ -83,3 +83,24 @@ def test_cnn_auc_chance_on_real_halves_and_near_one_on_a_checkerboard_fingerprin
     assert auc["ci_low"] <= auc["value"] <= auc["ci_high"]
     assert auc["null_mean"] == 0.5 and auc["null_sd"] == pytest.approx(C.null_auc_sd(120, 120))
     assert "classifier_auc_dithered" in res["metrics"]
+
+
+def test_repeats_average_seeds_on_shared_folds_and_dithering_is_paired(demo_cache):
+    base = ["diagnostics.classifier_epochs=2", "diagnostics.classifier_folds=2", "diagnostics.n_bootstrap=20",
+            "diagnostics.classifier_permutations=20"]
+    x = _demo_images(demo_cache)[:, :1, ::2, ::2]
+    perm = np.random.default_rng(1).permutation(len(x))[:80]
+    real, synth = x[perm[:40]], x[perm[40:]] + 0.02
+    one = load_config(None, base).diagnostics
+    three = load_config(None, [*base, "diagnostics.classifier_repeats=3"]).diagnostics
+    s1, labels, fold1, aucs1 = C.repeated_scores(real, synth, one)
+    s3, _, fold3, aucs3 = C.repeated_scores(real, synth, three)
+    np.testing.assert_array_equal(fold1, fold3)  # the first seed fixes the folds for every repeat
+    assert len(aucs1) == 1 and len(aucs3) == 3 and aucs3[0] == aucs1[0] == C.rank_auc(s1, labels)
+    assert len(set(aucs3)) > 1  # other seeds really train other networks
+    # combined scores are mean normalised ranks: in (0, 1], and their AUC is that of the ensemble
+    assert 0 < s3.min() and s3.max() <= 1 and np.isfinite(C.rank_auc(s3, labels))
+    # without a grid to hide (step 0 = no dithering) the dithered run is the plain run, seed for seed
+    no_dither = load_config(None, [*base, "diagnostics.classifier_dither_step=-1"]).diagnostics
+    res = C.classifier_metrics(real, synth, no_dither, image_channels=1)["metrics"]
+    assert res["classifier_auc"]["value"] == res["classifier_auc_dithered"]["value"]

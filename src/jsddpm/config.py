@@ -189,7 +189,10 @@ class DiagnosticsConfig:
     classifier_crop: int = 64  # random training crops (full resolution, keeps fingerprints); 0 = whole image
     classifier_batch_size: int = 64  # training batch (smaller on tiny sets: at least 8 steps per epoch)
     classifier_lr: float = 3e-3  # Adam learning rate of the classifier
-    classifier_dither_step: float = 0.0  # intensity grid step for dithering; 0 = estimate from the real set
+    classifier_dither_step: float = 0.0  # intensity grid step for dithering; 0 = estimate from the real set, < 0 = none
+    # networks trained per fold with different seeds; their per-image score ranks are averaged (the AUC of
+    # one small CNN varies by ~0.1 between seeds on a few hundred images)
+    classifier_repeats: int = 1
 
 
 # ------------------------------------------------------------------------------------- root

@@ -193,17 +193,36 @@ def out_of_fold_scores(real: np.ndarray, synth: np.ndarray, cfg, real_groups=Non
     if k < 2:
         raise UserError("classifier: needs at least 2 real and 2 synthetic subjects for k-fold "
                         "evaluation; give more subjects or skip the family (--skip classifier)")
-    x = np.concatenate([real, synth]).astype(np.float32)
-    y = np.concatenate([np.zeros(len(real)), np.ones(len(synth))])
     # real and synthetic are folded separately so each fold holds ~1/k of each class
     fold = np.concatenate([assign_folds(real_groups, len(real), k, rng),
                            assign_folds(synth_groups, len(synth), k, rng)])
+    labels = np.concatenate([np.zeros(len(real), bool), np.ones(len(synth), bool)])
+    return scores_on_folds(real, synth, fold, cfg, seed), labels, fold
+
+
+def scores_on_folds(real, synth, fold, cfg, seed: int) -> np.ndarray:
+    """Out-of-fold scores on given folds, with networks initialised and trained from `seed`."""
+    x = np.concatenate([real, synth]).astype(np.float32)
+    y = np.concatenate([np.zeros(len(real)), np.ones(len(synth))])
     scores = np.empty(len(x))
     with _one_torch_thread():
-        for f in range(k):
+        for f in np.unique(fold):
             test = fold == f
-            scores[test] = _fit_and_score(x[~test], y[~test], x[test], cfg, seed=seed * 100 + f)
-    return scores, y.astype(bool), fold
+            scores[test] = _fit_and_score(x[~test], y[~test], x[test], cfg, seed=seed * 100 + int(f))
+    return scores
+
+
+def repeated_scores(real, synth, cfg, real_groups=None, synth_groups=None):
+    """Out-of-fold scores of `cfg.classifier_repeats` seeds (seed, seed + 1, ...; the first seed fixes the
+    folds), combined as the mean of each repeat's normalised ranks, plus each repeat's own AUC."""
+    repeats = max(1, int(cfg.classifier_repeats))
+    seed = int(cfg.seed)
+    scores, labels, fold = out_of_fold_scores(real, synth, cfg, real_groups, synth_groups, seed)
+    if repeats == 1:
+        return scores, labels, fold, [rank_auc(scores, labels)]
+    runs = [scores] + [scores_on_folds(real, synth, fold, cfg, seed + r) for r in range(1, repeats)]
+    combined = np.mean([rankdata(s) / len(s) for s in runs], axis=0)
+    return combined, labels, fold, [rank_auc(s, labels) for s in runs]
 
 
 def _auc_result(scores, labels, fold, cfg, rng) -> tuple[dict, dict]:
@@ -228,15 +247,18 @@ def classifier_metrics(real: np.ndarray, synth: np.ndarray, cfg, real_groups=Non
     c_img = real.shape[1] if image_channels is None else image_channels
     rng = np.random.default_rng(int(cfg.seed))
     metrics, detail = {}, {}
-    scores, labels, fold = out_of_fold_scores(real, synth, cfg, real_groups, synth_groups, int(cfg.seed))
+    scores, labels, fold, repeat_aucs = repeated_scores(real, synth, cfg, real_groups, synth_groups)
     metrics["classifier_auc"], detail["plain"] = _auc_result(scores, labels, fold, cfg, rng)
+    metrics["classifier_auc"]["repeat_aucs"] = repeat_aucs
 
     step = float(cfg.classifier_dither_step) or estimate_grid_step(real[:, 0])
     real_d, synth_d = real.copy(), synth.copy()
     real_d[:, :c_img] = quantise_and_dither(real[:, :c_img], step, rng)
     synth_d[:, :c_img] = quantise_and_dither(synth[:, :c_img], step, rng)
-    scores, labels, fold = out_of_fold_scores(real_d, synth_d, cfg, real_groups, synth_groups, int(cfg.seed) + 1)
+    # same seeds, folds and initialisations as the plain run: the two AUCs differ by the dithering alone
+    scores, labels, fold, repeat_aucs = repeated_scores(real_d, synth_d, cfg, real_groups, synth_groups)
     metrics["classifier_auc_dithered"], detail["dithered"] = _auc_result(scores, labels, fold, cfg, rng)
+    metrics["classifier_auc_dithered"]["repeat_aucs"] = repeat_aucs
     metrics["classifier_auc_dithered"]["dither_step"] = step
     return {"metrics": metrics, "detail": {"scores": detail["plain"]["scores"],
                                            "scores_dithered": detail["dithered"]["scores"],
