@@ -205,6 +205,9 @@ def test_train_errors_are_one_line(tmp_path):
         train(tiny_cfg(tmp_path, "data.image_size=32"))
     with pytest.raises(UserError, match="checkpoint not found"):
         train(tiny_cfg(tmp_path, f"train.resume={tmp_path / 'nope.ckpt'}"))
+    for key in ("train.strategy=foo", "train.devices=abc"):  # Lightning's own errors, as one line
+        with pytest.raises(UserError, match="Lightning cannot use these"):
+            train(tiny_cfg(tmp_path, key))
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="not a readable checkpoint"):

@@ -18,9 +18,9 @@ PRESET_DIR = Path(__file__).parent / "configs"
 # --------------------------------------------------------------------------------------- data
 @dataclass
 class AugmentConfig:
-    enabled: bool = True
+    enabled: bool = True  # augment training slices (validation and diagnostics never are)
     crop_scale: float = 1.1  # resize to size * crop_scale, then random-crop back to size (1.0 = off)
-    hflip: bool = True
+    hflip: bool = True  # random left-right flip
     rotate_deg: float = 5.0  # uniform in [-rotate_deg, rotate_deg]
     brightness: float = 0.05  # additive jitter in [-1, 1] intensity units
     contrast: float = 0.05  # multiplicative jitter around 1
@@ -37,12 +37,12 @@ class DataConfig:
     z_range: str = "auto"  # "auto" (brain extent, trimmed) or "lo:hi" slice indices after resampling
     z_trim: float = 0.1  # fraction of the brain's axial extent trimmed at each end with z_range=auto
     min_brain_fraction: float = 0.05  # drop slices whose brain area is below this fraction of the image
-    n_zbins: int = 30
-    clip_percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])
+    n_zbins: int = 30  # axial position bins over each subject's kept z-range (conditioning and generation specs)
+    clip_percentiles: list[float] = field(default_factory=lambda: [0.5, 99.5])  # per-volume percentiles -> [-1, 1]
     mask_threshold: float | None = None  # binarise non-{0,1} masks at this value instead of failing
     split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])  # train/val/test
     n_folds: int = 5  # k-fold assignment over train+val subjects
-    seed: int = 42
+    seed: int = 42  # seed of the subject-level split and fold assignment
     # image folders: resize each file when the dataset reads it (True) or once into the cache (False)
     resize_on_the_fly: bool = False
     resize_images: bool = True  # image folders: resize to image_size; False keeps the files' size (all equal)
@@ -51,7 +51,7 @@ class DataConfig:
     # class label of a volume slice: "lesion" (the slice's pathology: no_lesion / lesion, from its mask;
     # what a generator for segmentation augmentation is asked for) or "group" (the subject's manifest group)
     slice_label: str = "lesion"
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader worker processes (0 = load in the training process)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -158,20 +158,20 @@ class SampleConfig:
 class DiagnosticsConfig:
     real_split: str = "test"  # split of a real slice cache used as the real set
     patch_size: int = 96  # lesion-centred patches
-    n_bootstrap: int = 200
+    n_bootstrap: int = 200  # bootstrap resamples for each metric's 95% CI
     n_null_repeats: int = 10  # real-vs-real half splits
-    fdr_alpha: float = 0.05
-    glcm_levels: int = 64
-    glcm_distances: list[int] = field(default_factory=lambda: [1, 2, 4])
-    wavelet: str = "db4"
-    n_spectral_bands: int = 5
+    fdr_alpha: float = 0.05  # Benjamini-Hochberg false discovery rate of the per-pixel t-tests
+    glcm_levels: int = 64  # GLCM grey levels: a fixed quantisation of [-1, 1], never per-image min-max
+    glcm_distances: list[int] = field(default_factory=lambda: [1, 2, 4])  # GLCM distances, 4 angles each
+    wavelet: str = "db4"  # PyWavelets wavelet of the wavelet-energy family
+    n_spectral_bands: int = 5  # log-spaced frequency bands of band_power_ratio_1..N
     only: list[str] = field(default_factory=list)  # families to run (empty = all)
-    skip: list[str] = field(default_factory=list)
-    classifier_folds: int = 5
-    classifier_epochs: int = 10
-    classifier_permutations: int = 1000
+    skip: list[str] = field(default_factory=list)  # families to leave out
+    classifier_folds: int = 5  # k of the real-vs-synthetic classifier's cross-fitting (subject-disjoint folds)
+    classifier_epochs: int = 10  # training epochs of the classifier in each fold
+    classifier_permutations: int = 1000  # label permutations of the AUC's p-value
     feature_extractor: str = "builtin"  # builtin (no pretrained weights) or a path to local weights
-    seed: int = 0
+    seed: int = 0  # seed of bootstraps, null splits and the classifier
     # metric families
     roi_threshold: float = -0.9  # head/brain ROI = pixels above this (then specks dropped, holes filled)
     roi_min_component: float = 0.002  # ROI specks smaller than this fraction of the image area are dropped

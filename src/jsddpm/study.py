@@ -114,7 +114,7 @@ def run_study(
         log(f"[{i}/{len(points)}] {name}: train -> generate -> diagnose")
         point_dir.mkdir(parents=True, exist_ok=True)
         overrides = list(base_overrides) + [f"{k}={v}" for k, v in point.items()]
-        diag = Path(run_point(overrides, point_dir))
+        diag = Path(run_point(overrides, point_dir)).resolve()  # a rerun may start from another folder
         from .io import atomic_write_text
 
         atomic_write_text(done, json.dumps({"point": point, "diagnostics": str(diag)}, indent=2) + "\n")

@@ -15,12 +15,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import shutil
     import time
     from pathlib import Path
 
     from ..config import load_config
     from ..errors import UserError
+    from ..io import atomic_write_bytes
     from ..pipeline import ensure_cache, ensure_cohort, run_point, timed_logger
 
     overrides = list(args.overrides)
@@ -37,6 +37,6 @@ def run(args) -> int:
     cache = ensure_cache(manifest, out / "cache", cfg, log)
     diag = run_point(cfg, cache, out, log)
     report = out / "report.html"
-    shutil.copyfile(diag / "report.html", report)  # self-contained: figures are embedded
+    atomic_write_bytes(report, (diag / "report.html").read_bytes())  # self-contained: figures are embedded
     log(f"demo: done in {(time.perf_counter() - t0) / 60:.1f} min. Open {report}")
     return 0

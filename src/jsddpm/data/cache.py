@@ -83,8 +83,9 @@ def read_index(path: Path) -> dict[str, np.ndarray]:
 
 def load_cache(path) -> SliceCache:
     root = Path(path)
-    if not (root / "images.npy").is_file() or not (root / "index.csv").is_file():
-        raise UserError(f"{root}: not a slice cache (no images.npy / index.csv); build one with `jsddpm cache`")
+    missing = [n for n in ("images.npy", "index.csv", "priors.npy", "stats.json") if not (root / n).is_file()]
+    if missing:
+        raise UserError(f"{root}: not a slice cache (no {' / '.join(missing)}); build one with `jsddpm cache`")
     masks_path = root / "masks.npy"
     return SliceCache(
         root=root,
@@ -134,6 +135,7 @@ def cache_stats(index: dict[str, np.ndarray], classes: list[str], n_zbins: int, 
         "slices_per_split": counts("split"),
         "subjects_per_split": subjects,
         "slices_per_group": counts("group"),
+        "slices_per_label": counts("label"),  # keys are label indices into `classes`
         "slices_per_zbin": {str(b): int((index["zbin"] == b).sum()) for b in range(n_zbins)},
         "lesion_slices": int((index["has_lesion"] == 1).sum()),
         "lesion_area_quantiles": {str(q): float(np.quantile(areas, q)) if len(areas) else None
@@ -168,7 +170,9 @@ def summary_lines(stats: dict, out: Path) -> list[str]:
              "  split   subjects  slices"]
     for split in ("train", "val", "test"):
         lines.append(f"  {split:<7} {subjects.get(split, 0):>8}  {slices.get(split, 0):>6}")
-    lines.append(f"  classes {stats['classes']}; slices per class {stats['slices_per_group']}")
+    per_label = stats.get("slices_per_label", {})
+    per_class = {name: per_label.get(str(i), 0) for i, name in enumerate(stats["classes"])}
+    lines.append(f"  classes {stats['classes']}; slices per class {per_class}; per group {stats['slices_per_group']}")
     lines.append(f"  image {stats['channels']} x {stats['image_size']} x {stats['image_size']}, "
                  f"{stats['n_zbins']} z-bins, {stats['lesion_slices']} lesion slices")
     return lines

@@ -76,15 +76,23 @@ def null_auc_sd(n1: int, n0: int) -> float:
 
 # ---------------------------------------------------------------------------------- dithering
 def estimate_grid_step(images: np.ndarray, max_images: int = 64) -> float:
-    """Median over images of the smallest gap between distinct intensities (0 when continuous)."""
-    gaps = []
+    """The intensity grid step of integer-scanner data: the median over images of the smallest gap
+    between distinct intensities, kept only if (nearly) every intensity lies on that grid anchored at
+    -1. 0 when there is no grid, e.g. after resampling with interpolation: dithering is then a no-op."""
+    gaps, values = [], []
     for img in images[:max_images]:
         vals = np.unique(np.asarray(img, dtype=np.float64))
         d = np.diff(vals)
         d = d[d > 1e-6]
         if len(d):
             gaps.append(d.min())
-    return float(np.median(gaps)) if gaps else 0.0
+            values.append(vals)
+    if not gaps:
+        return 0.0
+    step = float(np.median(gaps))
+    k = (np.concatenate(values) + 1.0) / step
+    on_grid = np.abs(k - np.round(k)) < 0.05
+    return step if on_grid.mean() > 0.99 else 0.0
 
 
 def quantise_and_dither(x: np.ndarray, step: float, rng: np.random.Generator) -> np.ndarray:
@@ -252,13 +260,18 @@ def classifier_metrics(real: np.ndarray, synth: np.ndarray, cfg, real_groups=Non
     metrics["classifier_auc"]["repeat_aucs"] = repeat_aucs
 
     step = float(cfg.classifier_dither_step) or estimate_grid_step(real[:, 0])
-    real_d, synth_d = real.copy(), synth.copy()
-    real_d[:, :c_img] = quantise_and_dither(real[:, :c_img], step, rng)
-    synth_d[:, :c_img] = quantise_and_dither(synth[:, :c_img], step, rng)
-    # same seeds, folds and initialisations as the plain run: the two AUCs differ by the dithering alone
-    scores, labels, fold, repeat_aucs = repeated_scores(real_d, synth_d, cfg, real_groups, synth_groups)
-    metrics["classifier_auc_dithered"], detail["dithered"] = _auc_result(scores, labels, fold, cfg, rng)
-    metrics["classifier_auc_dithered"]["repeat_aucs"] = repeat_aucs
+    if step > 0:
+        real_d, synth_d = real.copy(), synth.copy()
+        real_d[:, :c_img] = quantise_and_dither(real[:, :c_img], step, rng)
+        synth_d[:, :c_img] = quantise_and_dither(synth[:, :c_img], step, rng)
+        # same seeds, folds and initialisations as the plain run: the two AUCs differ by the dithering alone
+        scores, labels, fold, repeat_aucs = repeated_scores(real_d, synth_d, cfg, real_groups, synth_groups)
+        metrics["classifier_auc_dithered"], detail["dithered"] = _auc_result(scores, labels, fold, cfg, rng)
+        metrics["classifier_auc_dithered"]["repeat_aucs"] = repeat_aucs
+    else:  # no intensity grid to hide: the dithered run would be the plain run, seed for seed
+        metrics["classifier_auc_dithered"] = dict(metrics["classifier_auc"],
+                                                  note="real set has no intensity grid: nothing to dither")
+        detail["dithered"] = detail["plain"]
     metrics["classifier_auc_dithered"]["dither_step"] = step
     return {"metrics": metrics, "detail": {"scores": detail["plain"]["scores"],
                                            "scores_dithered": detail["dithered"]["scores"],

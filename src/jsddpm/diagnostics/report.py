@@ -236,7 +236,13 @@ def _classifier_sentence(metrics: dict) -> str | None:
             f"(95% CI {_num(auc.get('ci_low'))}–{_num(auc.get('ci_high'))}, "
             f"permutation p = {_num(auc.get('p_value'))}; "
             f"0.5 = indistinguishable, 1 = always told apart).")
-    if auc_d:
+    repeats = auc.get("repeat_aucs") or []
+    if len(repeats) > 1:
+        text += (f" It averages {len(repeats)} networks per fold; single networks scored "
+                 f"{_num(min(repeats))}–{_num(max(repeats))}.")
+    if auc_d and auc_d.get("note"):
+        text += " The real images are not on an integer intensity grid (resampled), so there is nothing to dither."
+    elif auc_d:
         gap = (auc["value"] or 0) - (auc_d["value"] or 0)
         text += (f" After dithering both sets onto the real intensity grid it is {_num(auc_d['value'])}"
                  + ("; the gap suggests part of the signal is the quantisation fingerprint, not anatomy."

@@ -35,9 +35,8 @@ def check_precision(precision: str, accelerator: str) -> str:
 def build_trainer(cfg: Any, out_dir: Path, has_val: bool, extra_callbacks=()):
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from .callbacks import AtomicCheckpointIO, SampleGrid
+    from .callbacks import SampleGrid
 
     t = cfg.train
     accelerator = resolve_accelerator(str(t.accelerator))
@@ -55,6 +54,21 @@ def build_trainer(cfg: Any, out_dir: Path, has_val: bool, extra_callbacks=()):
                                          enable_version_counter=False))
         if t.patience > 0:
             callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=t.patience))
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return _trainer(L, t, accelerator, callbacks, out_dir, has_val)
+    except (MisconfigurationException, ValueError, TypeError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"train.accelerator={t.accelerator}, train.devices={t.devices}, train.strategy={t.strategy}, "
+                        f"train.num_nodes={t.num_nodes}: Lightning cannot use these ({detail}); fix them") from None
+
+
+def _trainer(L, t, accelerator: str, callbacks: list, out_dir: Path, has_val: bool):
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from .callbacks import AtomicCheckpointIO
+
     return L.Trainer(
         accelerator=accelerator,
         devices=t.devices,
