@@ -254,9 +254,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def _config_error(exc: Exception, where: str) -> str:
+    from omegaconf.errors import ConfigKeyError
+
     key = getattr(exc, "full_key", None) or "?"
     msg = _one_line(exc)
-    if "not in" in msg or "Key '" in msg and "not" in msg:
+    if isinstance(exc, ConfigKeyError):
         return f"{where}: unknown config key '{key}'; check its spelling against the README's configuration reference"
     return f"{where}: bad value for '{key}': {msg}"
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .io import atomic_dir, atomic_write_bytes, atomic_write_text, versions, write_run_record
+from .io import atomic_dir, atomic_write_bytes, atomic_write_text, require_free_output, versions, write_run_record
 
 N_GRID = 8  # samples per set shown in the report's grid
 
@@ -190,9 +190,7 @@ def run_all(real_path, synthetic_path, out, cfg, train_path=None, image_channels
     from .diagnostics.runner import jsonable, largest_deviations, load_families, run_diagnostics
 
     dcfg = cfg.diagnostics
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):  # checked again by atomic_dir; here it fails before minutes of work
-        raise UserError(f"{out}: output folder exists and is not empty; choose another --out or delete it")
+    require_free_output(out)  # atomic_dir checks again at the end; here it fails before minutes of work
     load_families(dcfg.only, dcfg.skip)  # a misspelt family fails before any loading
     real = load_set(real_path, "real", dcfg.real_split, image_channels)
     synth = load_set(synthetic_path, "synthetic", synthetic_split or dcfg.real_split, image_channels)

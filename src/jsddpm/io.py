@@ -13,6 +13,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def require_free_output(out: str | os.PathLike) -> None:
+    """An output folder must not exist or be empty: results are never mixed into an older run."""
+    from .errors import UserError
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out}: output folder exists and is not empty; choose another --out or delete it")
+
+
 @contextlib.contextmanager
 def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling folder; rename it to `out` only if the body finishes.
@@ -20,12 +29,9 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
     On any exception the temporary folder is removed, so `out` either holds a complete result or
     does not exist (or keeps its previous content when it existed before).
     """
-    from .errors import UserError
-
     out = Path(out)
-    if out.exists() and not overwrite:
-        if any(out.iterdir()):
-            raise UserError(f"{out}: output folder exists and is not empty; choose another --out or delete it")
+    if not overwrite:
+        require_free_output(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; outputs should look like any other folder

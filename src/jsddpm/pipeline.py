@@ -57,8 +57,8 @@ def ensure_cache(manifest: Path, folder: Path, cfg: Any, log: Log = print) -> Pa
         return folder
     t0 = time.perf_counter()
     stats = build_volume_cache(manifest, folder, cfg)
-    n = stats.get("n_slices", "?") if isinstance(stats, dict) else "?"
-    log(f"cache: {n} slices at {cfg.data.image_size} px in {time.perf_counter() - t0:.0f} s -> {folder}")
+    log(f"cache: {stats['n_slices']} slices at {cfg.data.image_size} px "
+        f"in {time.perf_counter() - t0:.0f} s -> {folder}")
     return folder
 
 
@@ -104,8 +104,8 @@ def generate_stage(ckpt: Path, out: Path, spec: dict, overrides: Sequence[str] =
         return out
     t0 = time.perf_counter()
     generate(ckpt, out, spec=spec, overrides=list(overrides))
-    n = sum(c["count"] for c in spec["conditions"])
-    log(f"generate: {n} samples in {time.perf_counter() - t0:.0f} s ({n / (time.perf_counter() - t0):.1f}/s)")
+    seconds, n = time.perf_counter() - t0, sum(c["count"] for c in spec["conditions"])
+    log(f"generate: {n} samples in {seconds:.0f} s ({n / seconds:.1f}/s)")
     return out
 
 

@@ -85,6 +85,8 @@ def run_study(
     and returns its diagnostics folder. A point is finished when `point_dir/done.json` exists; it is
     written only after `run_point` returns, so a crash mid-point resumes that point.
     """
+    from .io import atomic_write_text
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plan = {"base_config": base_config, "base_overrides": list(base_overrides), "grid": grid}
@@ -97,8 +99,6 @@ def run_study(
                 "use a new --out or delete the folder"
             )
     else:
-        from .io import atomic_write_text
-
         atomic_write_text(plan_file, json.dumps(plan, indent=2) + "\n")
 
     points = grid_points(grid)
@@ -115,8 +115,6 @@ def run_study(
         point_dir.mkdir(parents=True, exist_ok=True)
         overrides = list(base_overrides) + [f"{k}={v}" for k, v in point.items()]
         diag = Path(run_point(overrides, point_dir)).resolve()  # a rerun may start from another folder
-        from .io import atomic_write_text
-
         atomic_write_text(done, json.dumps({"point": point, "diagnostics": str(diag)}, indent=2) + "\n")
         diag_dirs.append(diag)
     return diag_dirs

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+from . import add_cohort_arguments
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--out", default="demo_out", help="output folder (default demo_out); rerun to resume")
     parser.add_argument("--minutes", type=float, default=None,
                         help="training budget in minutes (default: the preset's train.max_minutes, 6)")
-    parser.add_argument("--subjects", type=int, default=60, help="demo cohort size (default 60)")
-    parser.add_argument("--patients", type=int, default=30, help="patients among them (default 30)")
-    parser.add_argument("--seed", type=int, default=0, help="cohort seed")
+    add_cohort_arguments(parser)
     parser.add_argument("--config", "-c", default="demo_cpu", help="config path or preset (default demo_cpu)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+from . import add_cohort_arguments
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
-    parser.add_argument("--subjects", type=int, default=60, help="number of subjects in all (default 60)")
-    parser.add_argument("--patients", type=int, default=30,
-                        help="how many of the subjects are patients with lesions (default 30)")
-    parser.add_argument("--seed", type=int, default=0, help="cohort seed (same seed, same cohort)")
+    add_cohort_arguments(parser)
 
 
 def run(args) -> int:

@@ -21,6 +21,7 @@ def run(args) -> int:
     from ..config import load_config
     from ..pipeline import ensure_cache, ensure_cohort, run_point, timed_logger
     from ..study import finish_study, grid_points, parse_grid, run_study
+    from . import DEMO_PATIENTS, DEMO_SEED, DEMO_SUBJECTS
 
     grid = parse_grid(args.grid)
     base = load_config(args.config, args.overrides)
@@ -30,7 +31,8 @@ def run(args) -> int:
     log = timed_logger()
     cache = args.cache or base.data.cache_dir
     if not cache:
-        cache = ensure_cache(ensure_cohort(out / "cohort", 60, 30, 0, log), out / "cache", base, log)
+        cohort = ensure_cohort(out / "cohort", DEMO_SUBJECTS, DEMO_PATIENTS, DEMO_SEED, log)
+        cache = ensure_cache(cohort, out / "cache", base, log)
 
     def one_point(overrides, point_dir):
         return run_point(load_config(args.config, overrides), Path(cache), point_dir, log)
