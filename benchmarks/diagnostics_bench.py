@@ -6,7 +6,7 @@
 
 Targets (issue 4, 2 CPU cores): the suite without the classifier under 60 s; the classifier under
 5 minutes. Each family's time covers its features on both sets, the point comparison, the bootstrap
-(`diagnostics.n_bootstrap`, default 200), the real-vs-real null (`n_null_repeats`, default 10),
+(`diagnostics.n_bootstrap`, default 200), the real-vs-real null (`n_null_repeats`, default 40),
 figure data and the per-z-bin breakdown, with the default config.
 
 The images are brain-like arrays, not real scans: an elliptical head with smooth texture on an

@@ -5,6 +5,8 @@ random class / z / prior conditions, one generator per sample (as in `jsddpm gen
 eta = 0; when the model package does not import, a small conv-net stand-in
 is timed instead (the table header says which). Every sampler costs one network call per step (two
 batched into one with --guidance != 1), so the samplers should differ only by their update arithmetic.
+The last columns time inpainting (`jsddpm.diffusion.inpaint.sample_known`, RePaint with --resample
+re-noising jumps per step, the image's right half known): (1 + resample) network calls per step.
 
     .venv/bin/python benchmarks/sample_bench.py
     .venv/bin/python benchmarks/sample_bench.py --preset res128 --device cuda --batch 64 --steps 25 50 250
@@ -77,33 +79,47 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=1.0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=1, help="best of this many timed runs")
+    ap.add_argument("--resample", type=int, default=2, help="inpainting: re-noising jumps per step (inpaint.resample)")
     args = ap.parse_args()
 
     from jsddpm.diffusion import sample
+    from jsddpm.diffusion.inpaint import sample_known
 
     denoiser, shape, schedule, ptype, what = build_denoiser(args.preset, args.batch, args.device)
     print(f"# sampling speed: {what}; batch {shape[0]}, {shape[1]}x{shape[2]}x{shape[3]}, {ptype} prediction, "
           f"guidance {args.guidance}, device {args.device}, torch threads {torch.get_num_threads()}")
 
-    def run(sampler: str, steps: int) -> float:
+    source = torch.rand(shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    keep = torch.zeros(shape, dtype=torch.bool)
+    keep[..., shape[-1] // 2:] = True
+
+    def run(sampler: str, steps: int, inpaint: bool = False) -> float:
         gens = [torch.Generator().manual_seed(i) for i in range(shape[0])]
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         start = time.perf_counter()
-        sample(denoiser, shape, schedule, prediction_type=ptype, sampler=sampler, steps=steps, eta=0.0,
-               generator=gens, guidance_scale=args.guidance, device=args.device)
+        settings = dict(prediction_type=ptype, sampler=sampler, steps=steps, eta=0.0, generator=gens,
+                        guidance_scale=args.guidance, device=args.device)
+        if inpaint:
+            sample_known(denoiser, source, schedule, keep=keep, resample=args.resample, **settings)
+        else:
+            sample(denoiser, shape, schedule, **settings)
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
     run(args.samplers[0], 2)  # warm-up
-    print(f"| {'sampler':<9} | {'steps':>5} | {'seconds':>8} | {'ms/step':>8} | {'samples/s':>9} |")
-    print(f"|{'-' * 11}|{'-' * 7}|{'-' * 10}|{'-' * 10}|{'-' * 11}|")
+    inp = f"inpaint r={args.resample}"
+    print(f"| {'sampler':<9} | {'steps':>5} | {'seconds':>8} | {'ms/step':>8} | {'samples/s':>9} "
+          f"| {inp + ' s':>13} | {inp + ' samples/s':>21} |")
+    print(f"|{'-' * 11}|{'-' * 7}|{'-' * 10}|{'-' * 10}|{'-' * 11}|{'-' * 15}|{'-' * 23}|")
     for steps in args.steps:
         for sampler in args.samplers:
             seconds = min(run(sampler, steps) for _ in range(args.repeats))
+            inpaint_seconds = min(run(sampler, steps, inpaint=True) for _ in range(args.repeats))
             print(f"| {sampler:<9} | {steps:>5} | {seconds:>8.2f} | {1e3 * seconds / steps:>8.1f} "
-                  f"| {shape[0] / seconds:>9.2f} |", flush=True)
+                  f"| {shape[0] / seconds:>9.2f} | {inpaint_seconds:>13.2f} | {shape[0] / inpaint_seconds:>21.2f} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,14 @@ in a fresh subprocess, so that its peak is its own: on CPU the max-RSS increase 
 torch.cuda.max_memory_allocated over the step.
 
     .venv/bin/python benchmarks/train_bench.py demo_cpu demo_cpu,data.image_size=64,model.attention_resolutions=[16]
-    .venv/bin/python benchmarks/train_bench.py res128 --device cuda --precision bf16
+    .venv/bin/python benchmarks/train_bench.py res96 res128 res160 --device cuda --precision bf16 --batch 64
+
+Compute: the FLOPs of one training step (forward + backward, counted once by torch's FlopCounterMode:
+convolutions, matrix products and attention; the optimizer's elementwise work is not counted) divided
+by the median step time give the achieved TFLOP/s, printed beside the machine's measured peak (a large
+square matrix product in the same dtype: bf16 on CUDA, fp32 on CPU) and their ratio.
+On CUDA, peak memory is measured in the timing process (max_memory_allocated over two steps per model:
+allocated bytes do not depend on what else the process holds); `--no-memory` skips it on CPU.
 
 A preset is a name or YAML path, optionally followed by ",key=value" overrides. MONAI is not a
 dependency: without it the table has our numbers only; `--install-monai` runs
@@ -125,6 +132,25 @@ class Bench:
         kwargs = {"class_labels": self.label} if self.cfg.model.num_classes else {}
         return self.net(torch.cat(parts, 1), self.t, **kwargs)
 
+    def step_flops(self) -> int:
+        """FLOPs of one training step's forward and backward (one untimed step)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            self.step()
+        return int(counter.get_total_flops())
+
+    def cuda_peak_mib(self) -> float:
+        """Peak allocated memory over two steps (the second holds the optimizer state too)."""
+        import torch
+
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        for _ in range(2):
+            self.step()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
+
     def step(self) -> float:
         """Seconds for one training step."""
         import torch
@@ -145,6 +171,8 @@ def time_worker(spec: str, models: list[str], args) -> dict:
     """Alternate the models' steps in this process; images/s from each one's median step."""
     cfg = load_preset(spec)
     benches = {which: Bench(cfg, which, args.batch, args.device, args.precision) for which in models}
+    flops = {which: bench.step_flops() for which, bench in benches.items()}
+    peak = {which: bench.cuda_peak_mib() for which, bench in benches.items()} if args.device == "cuda" else {}
     for _ in range(args.warmup):
         for bench in benches.values():
             bench.step()
@@ -152,9 +180,35 @@ def time_worker(spec: str, models: list[str], args) -> dict:
     for _ in range(args.steps):
         for which, bench in benches.items():
             times[which].append(bench.step())
-    return {which: {"images_per_s": args.batch / sorted(ts)[len(ts) // 2], "best_images_per_s": args.batch / min(ts),
-                    "params": benches[which].params}
-            for which, ts in times.items()}
+    out = {}
+    for which, ts in times.items():
+        median = sorted(ts)[len(ts) // 2]
+        out[which] = {"images_per_s": args.batch / median, "best_images_per_s": args.batch / min(ts),
+                      "params": benches[which].params, "step_flops": flops[which],
+                      "tflops": flops[which] / median / 1e12}
+        if which in peak:
+            out[which]["peak_mib"] = peak[which]
+    return out
+
+
+def matmul_peak_tflops(device: str, precision: str) -> float:
+    """The device's measured matrix-product rate: bf16 (CUDA) or fp32 (CPU), mean of 10 after 3 warm-ups."""
+    import torch
+
+    n = 8192 if device == "cuda" else 1024
+    dtype = torch.bfloat16 if precision == "bf16" and device == "cuda" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return 2 * n**3 * 10 / (time.perf_counter() - start) / 1e12
 
 
 def memory_worker(spec: str, which: str, args) -> dict:
@@ -178,7 +232,11 @@ def run_worker(args, mode: str, spec: str, models: list[str]) -> dict:
     cmd = [sys.executable, __file__, "--worker", mode, "--models", ",".join(models), spec,
            "--batch", str(args.batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
            "--device", args.device, "--precision", args.precision, "--threads", str(args.threads)]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    cmd_timeout = args.worker_timeout
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=cmd_timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{mode} of {','.join(models)} on {spec} ran past {cmd_timeout} s") from None
     if done.returncode != 0:
         raise RuntimeError(f"{mode} of {','.join(models)} on {spec} failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -187,8 +245,13 @@ def run_worker(args, mode: str, spec: str, models: list[str]) -> dict:
 def measure(args, spec: str, models: list[str]) -> dict:
     speed = run_worker(args, "time", spec, models)
     for which in models:
-        speed[which]["peak_mib"] = run_worker(args, "memory", spec, [which])[which]
+        if "peak_mib" not in speed[which]:  # CPU: each model's RSS in a fresh process
+            speed[which]["peak_mib"] = run_worker(args, "memory", spec, [which])[which] if args.memory else None
     return speed
+
+
+def fmt(value, spec: str, width: int) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}{spec}}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -203,6 +266,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads (0 = torch's default); 1 is steadier on a busy machine")
     parser.add_argument("--install-monai", action="store_true", help="pip install --no-deps monai einops if missing")
+    parser.add_argument("--no-memory", dest="memory", action="store_false",
+                        help="skip the CPU peak-memory subprocesses (on CUDA memory is measured in-process anyway)")
+    parser.add_argument("--worker-timeout", type=float, default=None,
+                        help="seconds before a preset's measuring process is stopped and the preset reported failed")
     parser.add_argument("--worker", choices=["time", "memory"], help=argparse.SUPPRESS)
     parser.add_argument("--models", default="ours", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -225,25 +292,29 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     threads = args.threads or torch.get_num_threads()
-    print(f"torch {torch.__version__}, device {args.device}, {args.precision}, batch {args.batch}, "
-          f"{threads} threads, median of {args.steps} alternating steps (ratio; 'best': ratio of the fastest steps)")
-    print(f"{'preset':<40} {'ours img/s':>10} {'MONAI img/s':>11} {'ratio':>6} {'best':>5} {'ours params':>12} "
-          f"{'MONAI params':>12} {'ours MiB':>9} {'MONAI MiB':>9}", flush=True)
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{threads} CPU threads"
+    peak = matmul_peak_tflops(args.device, args.precision)
+    print(f"torch {torch.__version__}, {where}, {args.precision}, batch {args.batch}, median of {args.steps} "
+          f"alternating steps (ratio; 'best': ratio of the fastest steps); measured matmul peak {peak:.3g} TFLOP/s "
+          f"({'bf16' if args.device == 'cuda' and args.precision == 'bf16' else 'fp32'})")
+    print(f"{'preset':<32} {'ours img/s':>10} {'MONAI img/s':>11} {'ratio':>6} {'best':>5} {'ours TFLOP/s':>12} "
+          f"{'MONAI TFLOP/s':>13} {'ours %peak':>10} {'GFLOP/img':>9} {'ours params':>12} {'MONAI params':>12} "
+          f"{'ours MiB':>9} {'MONAI MiB':>9}", flush=True)
     for spec in args.presets:
         try:
             res = measure(args, spec, ["ours", "monai"] if have_monai else ["ours"])
         except RuntimeError as exc:
-            print(f"{spec:<40} failed: {str(exc).strip().splitlines()[-1]}", flush=True)
+            print(f"{spec:<32} failed: {str(exc).strip().splitlines()[-1]}", flush=True)
             continue
-        ours, monai = res["ours"], res.get("monai")
-        if monai:
-            print(f"{spec:<40} {ours['images_per_s']:>10.1f} {monai['images_per_s']:>11.1f} "
-                  f"{ours['images_per_s'] / monai['images_per_s']:>6.2f} "
-                  f"{ours['best_images_per_s'] / monai['best_images_per_s']:>5.2f} {ours['params']:>12,} "
-                  f"{monai['params']:>12,} {ours['peak_mib']:>9.0f} {monai['peak_mib']:>9.0f}", flush=True)
-        else:
-            print(f"{spec:<40} {ours['images_per_s']:>10.1f} {'-':>11} {'-':>6} {'-':>5} {ours['params']:>12,} "
-                  f"{'-':>12} {ours['peak_mib']:>9.0f} {'-':>9}", flush=True)
+        ours, monai = res["ours"], res.get("monai") or {}
+        ratio = ours["images_per_s"] / monai["images_per_s"] if monai else None
+        best = ours["best_images_per_s"] / monai["best_images_per_s"] if monai else None
+        print(f"{spec:<32} {ours['images_per_s']:>10.1f} {fmt(monai.get('images_per_s'), '.1f', 11)} "
+              f"{fmt(ratio, '.2f', 6)} {fmt(best, '.2f', 5)} {ours['tflops']:>12.3g} "
+              f"{fmt(monai.get('tflops'), '.3g', 13)} "
+              f"{100 * ours['tflops'] / peak:>9.1f}% {ours['step_flops'] / args.batch / 1e9:>9.2f} "
+              f"{ours['params']:>12,} {fmt(monai.get('params'), ',', 12)} {fmt(ours.get('peak_mib'), '.0f', 9)} "
+              f"{fmt(monai.get('peak_mib'), '.0f', 9)}", flush=True)
 
 
 if __name__ == "__main__":

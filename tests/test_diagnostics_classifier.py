@@ -38,7 +38,8 @@ def test_dithering_hides_the_grid_without_piling_mass_at_the_edges():
     rng = np.random.default_rng(2)
     step = 2 / 255
     on_grid = (rng.integers(0, 256, size=(20, 32, 32)) * step - 1).astype(np.float32)
-    assert C.estimate_grid_step(on_grid) == pytest.approx(step, rel=1e-4)
+    steps, offsets = C.image_grids(on_grid)
+    assert steps == pytest.approx(step, rel=1e-4)
     d = C.quantise_and_dither(on_grid, step, rng)
     assert d.min() >= -1 and d.max() <= 1
     assert np.mean(np.abs(d) == 1) < 1e-4  # reflection, not clipping: no atom at +-1
@@ -47,8 +48,34 @@ def test_dithering_hides_the_grid_without_piling_mass_at_the_edges():
     bg = C.quantise_and_dither(np.full(20000, -1.0), step, rng)
     assert bg.max() <= -1 + step / 2 + 1e-7 and np.mean(bg == -1) < 1e-3
     assert np.mean(bg < -1 + step / 4) == pytest.approx(0.5, abs=0.03)
-    continuous = rng.uniform(-1, 1, (4, 64, 64))
-    assert C.estimate_grid_step(continuous) == 0.0  # no grid: nothing to dither
+    continuous = rng.uniform(-1, 1, (4, 64, 64)).astype(np.float32)
+    assert (C.image_grids(continuous)[0] == 0).all()  # no grid: nothing to dither
+
+
+def test_dithering_finds_each_subjects_own_grid():
+    """Integer scanner data normalised per volume: every subject has its own step and offset. A single
+    global grid anchored at -1 found none of them (dithering silently off); per-image grids find all."""
+    rng = np.random.default_rng(5)
+    images, truth = [], []
+    for _subject in range(6):
+        lo, hi = rng.uniform(3, 40), rng.uniform(300, 900)  # per-volume percentiles (not integers)
+        raw = rng.integers(0, 1000, size=(4, 32, 32)).astype(np.float64)
+        x = np.clip(-1 + 2 * (raw - lo) / (hi - lo), -1, 1)
+        x[:, :4] = -1.0  # background
+        images.append(x.astype(np.float32))
+        truth += [2 / (hi - lo)] * 4
+    images = np.concatenate(images)
+    steps, offsets = C.image_grids(images)
+    assert steps == pytest.approx(np.array(truth), rel=1e-3)
+    # quantising each image to its own grid moves interior values by float error only
+    q = C.quantise_and_dither(images, steps, np.random.default_rng(0), offsets)
+    interior = (images > -1) & (images < 1)
+    assert np.abs(q - images)[interior].max() <= np.max(steps) / 2 + 1e-6
+    r_step, _, s_step, _, note = C.dither_grids(images, 10, 0.0, rng)
+    assert (r_step > 0).all() and (s_step > 0).all() and set(s_step) <= set(r_step)
+    assert note.startswith("24 of 24 real images sit on an intensity grid")
+    *_, note = C.dither_grids(rng.uniform(-1, 1, (5, 16, 16)).astype(np.float32), 5, 0.0, rng)
+    assert "none of the 5 real images" in note and "resampled" in note
 
 
 def test_folds_keep_groups_whole():

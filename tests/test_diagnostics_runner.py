@@ -15,8 +15,8 @@ from jsddpm.diagnostics.runner import (
     ImageSet,
     bootstrap_indices,
     load_families,
+    null_indices,
     run_diagnostics,
-    split_halves,
 )
 from jsddpm.errors import UserError
 
@@ -52,23 +52,29 @@ def test_bootstrap_ci_contains_value_and_matches_analytic_standard_error():
     per_image_sd = 0.2 / 4  # mean of 16 iid pixels
     se = per_image_sd * math.sqrt(1 / 400 + 1 / 300)
     assert (m["ci_high"] - m["ci_low"]) / (2 * 1.96) == pytest.approx(se, rel=0.2)
-    # the null compares halves of the real set: centred on 0 with SD ~ per_image_sd * sqrt(2/200 + ...)
-    assert abs(m["null_mean"]) < 3 * per_image_sd * math.sqrt(2 / 200)
-    assert m["null_sd"] == pytest.approx(per_image_sd * math.sqrt(2 / 200), rel=0.7)
+    # the null is real vs real at the compared sizes: centred on 0 with the same SD as the comparison
+    assert abs(m["null_mean"]) < 3 * se
+    assert m["null_sd"] == pytest.approx(se, rel=0.5)
     assert res["families"]["mean_diff"]["status"] == "ok"
 
 
-def test_subject_resampling_keeps_subjects_whole_and_halves_disjoint():
+def test_subject_resampling_keeps_subjects_whole_and_null_draws_match_the_compared_sizes():
     rng = np.random.default_rng(1)
     subjects = np.repeat(np.array(["a", "b", "c", "d", "e", "f"]), [5, 7, 3, 6, 4, 5])
+    sizes = {s: int(np.sum(subjects == s)) for s in set(subjects)}
+
+    def whole(idx):
+        return all(int(np.sum(subjects[idx] == s)) % sizes[s] == 0 for s in sizes)
+
     for _ in range(20):
-        a, b = split_halves(subjects, len(subjects), rng)
-        assert not set(subjects[a]) & set(subjects[b])
-        assert len(a) + len(b) == len(subjects) and abs(len(a) - len(b)) <= 7
         idx = bootstrap_indices(subjects, len(subjects), rng)
-        counts = {s: int(np.sum(subjects[idx] == s)) for s in set(subjects)}
-        sizes = {s: int(np.sum(subjects == s)) for s in set(subjects)}
-        assert all(counts[s] % sizes[s] == 0 for s in counts)  # whole subjects only
+        assert whole(idx)
+        # null: a real-like side in whole subjects, a synthetic-like side of 50 independent slices
+        a, b = null_indices(subjects, len(subjects), None, 50, rng)
+        assert whole(a) and len(b) == 50 and b.max() < len(subjects)
+        # a synthetic set with its own subjects: whole real subjects up to about its size
+        a, b = null_indices(subjects, len(subjects), np.arange(12) // 4, 12, rng)
+        assert whole(b) and abs(len(b) - 12) <= 4
 
 
 def test_severity_score_mapping_and_relative_severity():

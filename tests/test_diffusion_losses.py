@@ -7,6 +7,7 @@ import torch
 
 from jsddpm.config import LossConfig
 from jsddpm.diffusion import (
+    PREDICTION_TYPES,
     NoiseSchedule,
     UncertaintyWeighting,
     channel_weight_vector,
@@ -77,22 +78,66 @@ def test_uncertainty_weighting_values_and_unclamped_gradients():
     assert far.log_vars.grad[1].item() == pytest.approx(1.0)
 
 
-def test_min_snr_weights_agree_in_x0_space():
+def as_prediction(x0_hat, x_t, t, ptype, sigma_data=0.5):
+    """The output of type `ptype` that implies the x0 estimate `x0_hat` at x_t."""
+    eps_hat = SCHEDULE.eps_from_x0(x0_hat, x_t, t)
+    return SCHEDULE.training_target(x0_hat, eps_hat, t, ptype, sigma_data)
+
+
+@pytest.mark.parametrize("p", [1.5, 2.0])
+def test_min_snr_weights_give_every_prediction_type_the_same_x0_weighting(p):
     t = torch.arange(0, 1000, 37)
-    snr = SCHEDULE.snr(t).float()
-    w = {p: min_snr_weights(SCHEDULE, t, 5.0, p) for p in ("epsilon", "sample", "v")}
+    snr = SCHEDULE.snr(t)
     intended = snr.clamp(max=5.0)
-    torch.testing.assert_close(w["sample"], intended)
-    torch.testing.assert_close(w["epsilon"] * snr, intended)
-    torch.testing.assert_close(w["v"] * (snr + 1), intended)
-    # the factors are the real error ratios: perturb the x0 prediction at fixed x_t
-    x_t = torch.randn(len(t), 1, dtype=torch.float64)
-    x0_a, x0_b = torch.randn(2, len(t), 1, dtype=torch.float64)
-    for ptype, factor in (("epsilon", snr), ("v", snr + 1)):
-        to = SCHEDULE.to_eps if ptype == "epsilon" else SCHEDULE.to_v
-        d_target = to(x0_a, x_t, t, "sample") - to(x0_b, x_t, t, "sample")
-        ratio = (d_target / (x0_a - x0_b)).pow(2).squeeze(1)
-        torch.testing.assert_close(ratio.float(), factor, rtol=1e-4, atol=0)
+    g = torch.Generator().manual_seed(0)
+    x0, noise, err = torch.randn(3, len(t), 2, 4, 4, generator=g, dtype=torch.float64)
+    x_t = SCHEDULE.q_sample(x0, t, noise)
+    x0_loss = lp_loss(x0 + err, x0, p).double()  # the same x0 error for every type
+    for ptype in PREDICTION_TYPES:
+        pred = as_prediction(x0 + err, x_t, t, ptype)
+        target = SCHEDULE.training_target(x0, noise, t, ptype)
+        weighted = lp_loss(pred, target, p).double() * min_snr_weights(SCHEDULE, t, 5.0, ptype, p=p).double()
+        torch.testing.assert_close(weighted, (intended * x0_loss), rtol=1e-4, atol=0, msg=ptype)
+    if p == 2.0:  # Hang et al.'s published forms
+        torch.testing.assert_close(min_snr_weights(SCHEDULE, t, 5.0, "epsilon", p=2.0), (intended / snr).float())
+        torch.testing.assert_close(min_snr_weights(SCHEDULE, t, 5.0, "v", p=2.0), (intended / (snr + 1)).float())
+
+
+def test_lp_loss_gradient_is_finite_at_zero_residual_for_p_below_one():
+    target = torch.tensor([[[[1.0, -1.0, 0.3, 0.0]]]])
+    pred = torch.tensor([[[[1.0, -1.0, 0.7, 0.0]]]], requires_grad=True)  # three exact zeros (masks sit at +-1)
+    loss = lp_loss(pred, target, p=0.5)
+    assert loss.item() == pytest.approx(0.4**0.5 / 4)
+    loss.backward()
+    assert torch.isfinite(pred.grad).all()
+    torch.testing.assert_close(pred.grad, torch.tensor([[[[0.0, 0.0, 0.5 * 0.4**-0.5 / 4, 0.0]]]]))
+
+
+@pytest.mark.parametrize("p", [1.5, 2.0])
+def test_focal_frequency_loss_weighted_like_the_spatial_loss_for_every_prediction_type(p):
+    """Each arm's FFL / spatial ratio, at the same x0 error, is the x0 arm's: only the parameterisation's
+    own timestep weight W(t) differs, also at t = T-1 where the x0 implied by eps is ~1e4 times its error."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.rand(1, 2, 8, 8, generator=g) * 2 - 1
+    noise, err = torch.randn(2, 1, 2, 8, 8, generator=g)
+    cfg = LossConfig(p=p, ffl_weight=1.0)
+    for t_value in (0, 500, 999):
+        t = torch.tensor([t_value])
+        x_t = SCHEDULE.q_sample(x0, t, noise)
+        ratios = {}
+        for ptype in PREDICTION_TYPES:
+            pred = as_prediction(x0 + 0.1 * err, x_t, t, ptype)
+            _, parts = diffusion_loss(pred, x0, noise, x_t, t, SCHEDULE, ptype, cfg, joint_mask=True)
+            ratios[ptype] = (parts["loss_frequency"] / parts["loss_spatial"]).item()
+        for ptype in PREDICTION_TYPES:
+            assert ratios[ptype] == pytest.approx(ratios["sample"], rel=1e-3), (t_value, ratios)
+    # eps at t = T-1 with an eps error of unit size: for p = 2 the frequency term is at most the spatial one
+    # (Parseval, spectrum weights <= 1); unweighted it was ~1 / snr = 4e8 times the eps error
+    t = torch.tensor([999])
+    x_t = SCHEDULE.q_sample(x0, t, noise)
+    _, parts = diffusion_loss(noise + err, x0, noise, x_t, t, SCHEDULE, "epsilon", LossConfig(p=2.0, ffl_weight=1.0),
+                              joint_mask=False)
+    assert 0 < parts["loss_frequency"] <= parts["loss_spatial"] * 1.0001
 
 
 def test_diffusion_loss_assembles_configured_parts():
@@ -106,7 +151,7 @@ def test_diffusion_loss_assembles_configured_parts():
     total, parts = diffusion_loss(pred, x0, noise, x_t, t, SCHEDULE, "v", cfg, joint_mask=True)
     target = SCHEDULE.training_target(x0, noise, t, "v")
     expected = lp_loss(pred, target, 2.0, [1.0, 2.0], lesion_weight_map(x0[:, 1:], 3.0))
-    expected = (expected * min_snr_weights(SCHEDULE, t, 5.0, "v")).mean()
+    expected = (expected * min_snr_weights(SCHEDULE, t, 5.0, "v", p=2.0)).mean()
     torch.testing.assert_close(total, expected)
     assert set(parts) == {"loss_spatial", "loss"}
 
@@ -137,6 +182,21 @@ def test_self_condition_input():
                                   generator=torch.Generator().manual_seed(s)).abs().sum().item() > 0
              for s in range(40)]
     assert 8 < sum(coins) < 32
+
+
+def test_self_condition_input_feeds_edm_its_scaled_input():
+    seen = []
+
+    def net(x_in, t, self_cond):
+        seen.append(x_in)
+        return torch.zeros_like(x_in)  # F = 0: x0 = c_skip x_t / a
+
+    x_t, t = torch.randn(2, 1, 4, 4, dtype=torch.float64) * 3, torch.tensor([3, 700])
+    x0 = self_condition_input(net, x_t, t, SCHEDULE, "edm", 1.0, sigma_data=0.2)
+    a, s = SCHEDULE.coef("a", t, x_t), SCHEDULE.coef("s", t, x_t)
+    r2 = s**2 + (0.2 * a) ** 2
+    torch.testing.assert_close(seen[0], x_t / r2.sqrt())
+    torch.testing.assert_close(x0, (0.04 * a / r2 * x_t).clamp(-1, 1))
 
 
 def test_channel_weight_vector_expands_config_weights():

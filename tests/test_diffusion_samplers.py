@@ -4,7 +4,9 @@ must reproduce the data's mean and std; plus batch independence, CFG and self-co
 import pytest
 import torch
 
+from jsddpm.config import load_config
 from jsddpm.diffusion import (
+    PREDICTION_TYPES,
     ConditionedDenoiser,
     DDIMSampler,
     DDPMSampler,
@@ -19,14 +21,24 @@ MEAN, STD = 0.3, 0.2
 SCHEDULE = NoiseSchedule("cosine", 1000)
 
 
-def gaussian_denoiser(prediction_type, schedule=SCHEDULE):
+def gaussian_denoiser(prediction_type, schedule=SCHEDULE, sigma_data=0.5):
     """The exact optimal denoiser for x0 ~ N(MEAN, STD^2): E[x0 | x_t] in closed form, then the
-    requested parameterisation of it."""
+    requested parameterisation of it. edm's network sees c_in x_t / a and answers F = (x0 - c_skip x) / c_out,
+    written here from Karras et al.'s sigma form (sigma = s / a, x = x_t / a)."""
 
-    def denoiser(x_t, t):
-        assert t.dtype == torch.long and t.shape == (x_t.shape[0],)
-        a, s = schedule.coef("a", t, x_t), schedule.coef("s", t, x_t)
+    def denoiser(x_in, t):
+        assert t.dtype == torch.long and t.shape == (x_in.shape[0],)
+        a, s = schedule.coef("a", t, x_in), schedule.coef("s", t, x_in)
+        if prediction_type == "edm":
+            sigma, sd2 = s / a, sigma_data**2
+            c_skip, c_out, c_in = sd2 / (sigma**2 + sd2), sigma * sigma_data / (sigma**2 + sd2).sqrt(), 1 / (
+                sigma**2 + sd2).sqrt()
+            x_t = x_in * a / c_in
+        else:
+            x_t = x_in
         x0 = MEAN + a * STD**2 / (a**2 * STD**2 + s**2) * (x_t - a * MEAN)
+        if prediction_type == "edm":
+            return (x0 - c_skip * x_t / a) / c_out
         return target_from(x0, (x_t - a * x0) / s, a, s, prediction_type)
 
     return denoiser
@@ -42,7 +54,7 @@ def standard_normal(n, seed):
 CASES = [("dpmpp_2m", 50, 0.02), ("ddim", 250, 0.02), ("ddpm", 1000, 0.02), ("ddpm", 250, 0.04)]
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v"])
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
 @pytest.mark.parametrize(("sampler", "steps", "std_tol"), CASES)
 def test_gaussian_data_mean_and_std(prediction_type, sampler, steps, std_tol):
     # ancestral DDPM injects noise at every step, so it needs more samples than the ODE samplers: two
@@ -176,3 +188,50 @@ def test_real_unet_batched_cfg_with_self_conditioning_matches_two_calls():
                        generator=[torch.Generator().manual_seed(i) for i in range(3)], **common)
     torch.testing.assert_close(batched, unbatched, rtol=0, atol=1e-5)
     assert batched.abs().max() <= 1.0 and batched.std() > 0.01
+
+
+def test_edm_with_other_sigma_data_samples_the_gaussian_exactly():
+    n = 2000
+    x = sample(gaussian_denoiser("edm", sigma_data=0.1), (n, 1), SCHEDULE, prediction_type="edm", sampler="dpmpp_2m",
+               steps=50, x_T=standard_normal(n, 0), sigma_data=0.1)
+    assert abs(x.mean().item() / MEAN - 1) < 0.01 and abs(x.std().item() / STD - 1) < 0.02
+
+
+def x0_as_output(x0_value, x_in, t, ptype):
+    """A constant x0 prediction written as the `ptype` output a network fed x_in would give."""
+    x_t = x_in / SCHEDULE.network_input(torch.ones_like(x_in), t, ptype)
+    x0 = torch.full_like(x_t, x0_value)
+    return SCHEDULE.training_target(x0, SCHEDULE.eps_from_x0(x0, x_t, t), t, ptype)
+
+
+@pytest.mark.parametrize("ptype", PREDICTION_TYPES)
+def test_guidance_and_self_conditioning_act_on_x0_for_every_prediction_type(ptype):
+    shape = (2, 1, 4, 4)
+    x_T = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)  # eps at T-1 needs it
+    one_step = dict(prediction_type=ptype, sampler="ddim", steps=1, x_T=x_T, clip_x0=False)
+
+    def two_branch(x_in, t, drop_cond=False):  # conditional x0 = 0.2, unconditional 0.1
+        return x0_as_output(0.1 if drop_cond else 0.2, x_in, t, ptype)
+
+    guided = sample(two_branch, shape, SCHEDULE, guidance_scale=3.0, **one_step)
+    torch.testing.assert_close(guided, torch.full_like(x_T, 0.1 + 3.0 * (0.2 - 0.1)))
+    seen = []
+
+    def self_conditioned(x_in, t, self_cond):
+        seen.append(self_cond.clone())
+        return x0_as_output(1.5 if len(seen) == 1 else 0.25, x_in, t, ptype)  # 1.5 gets clipped
+
+    sample(self_conditioned, shape, SCHEDULE, prediction_type=ptype, sampler="dpmpp_2m", steps=3,
+           self_conditioning=True, x_T=x_T)
+    assert (seen[0] == 0).all()
+    torch.testing.assert_close(seen[1], torch.ones_like(x_T))
+    torch.testing.assert_close(seen[2], torch.full_like(x_T, 0.25))
+
+
+def test_eta_refused_where_the_sampler_would_ignore_it():
+    for preset in ("baseline", "proposal"):  # DDIM with eta > 0
+        assert load_config(preset).sample.eta > 0
+    for sampler in ("dpmpp_2m", "ddpm"):
+        with pytest.raises(UserError, match="sample.eta"):
+            load_config(None, [f"sample.sampler={sampler}", "sample.eta=0.3"])
+    assert load_config(None, ["sample.sampler=ddim", "sample.eta=0.3"]).sample.eta == 0.3

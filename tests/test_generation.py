@@ -26,6 +26,7 @@ TINY = [f"data.image_size={SIZE}", "data.n_zbins=3", "model.base_channels=8", "m
         "model.attention_resolutions=[8]", "model.attention_head_dim=8", "model.num_classes=2",
         "model.prior=concat", "diffusion.timesteps=50", "diffusion.self_conditioning_prob=0.5",
         "sample.steps=4", "sample.sampler=ddpm", "sample.guidance_scale=2.0", "sample.device=cpu"]
+SPACING = [1.5, 2.0, 3.0]  # the training cache's voxel spacing (x, y, z) in mm, as checkpoints record it
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def checkpoint(tmp_path_factory):
         "state_dict": {**{f"net.{k}": v for k, v in state.items()},
                        **{f"ema.module.{k}": v for k, v in state.items()}},
         "jsddpm": {"format": 1, "config": to_container(cfg), "classes": ["normal", "abnormal"],
-                   "priors": torch.rand(3, SIZE, SIZE)},
+                   "priors": torch.rand(3, SIZE, SIZE), "spacing_mm": SPACING},
     }
     path = tmp_path_factory.mktemp("ckpt") / "last.ckpt"
     torch.save(ckpt, path)
@@ -57,7 +58,7 @@ def test_spec_forms_give_counts_per_condition():
     compact = {"count": 2, "zbins": [0, 2], "overrides": [{"label": "abnormal", "count": 5},
                                                           {"zbin": 2, "label": 0, "count": 0}]}
     assert parse_spec(compact, 3, 2, ["normal", "abnormal"]) == [
-        Condition(0, 0, 2), Condition(0, 1, 5), Condition(1, 1, 5), Condition(2, 1, 5)]
+        Condition(0, 0, 2), Condition(0, 1, 5), Condition(2, 1, 5)]
     detailed = [{"zbin": 1, "label": 1, "count": 2}, {"zbin": 0, "label": 0, "count": 1}]
     assert parse_spec(detailed, 3, 2) == [Condition(0, 0, 1), Condition(1, 1, 2)]
     zbins, labels, index = expand(parse_spec(detailed, 3, 2))
@@ -113,3 +114,96 @@ def test_generate_cli_writes_the_samples_contract(checkpoint, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 6 and all(line.startswith("jsddpm generate: error:") for line in err)
     assert not (tmp_path / "x").exists()
+
+
+def test_compact_override_without_an_axis_keeps_the_specs_own_zbins_and_labels():
+    # an override that names neither z-bin nor class changes the spec's own conditions, re-adding none
+    assert parse_spec({"count": 1, "zbins": [1], "labels": [1], "overrides": [{"count": 3}]}, 3, 2) == [
+        Condition(1, 1, 3)]
+    assert parse_spec({"zbins": [0], "overrides": [{"label": 1, "count": 2}]}, 3, 2, default_count=1) == [
+        Condition(0, 0, 1), Condition(0, 1, 2)]
+    assert parse_spec({"labels": [0], "overrides": [{"zbin": 2, "count": 5}]}, 3, 2, default_count=1) == [
+        Condition(0, 0, 1), Condition(1, 0, 1), Condition(2, 0, 5)]
+
+
+def test_nifti_export_is_gzip_ras_at_the_cache_spacing_and_holds_the_samples(checkpoint, tmp_path):
+    import gzip
+
+    import nibabel as nib
+
+    from jsddpm.data.volumes import load_nifti
+
+    out = tmp_path / "gen"
+    assert main(["generate", "--ckpt", str(checkpoint), "--out", str(out), "sample.n_per_condition=1",
+                 "sample.export_nifti=true"]) == 0
+    with np.load(out / "samples.npz") as f:
+        images = f["images"]
+    n = len(images)
+    for name, expected in (("images.nii.gz", images[:, 0]), ("masks.nii.gz", (images[:, 1] > 0).astype(np.uint8))):
+        path = out / name
+        assert gzip.decompress(path.read_bytes())[344:348] == b"n+1\x00"  # real gzip of a NIfTI-1 file
+        nii = nib.load(str(path))
+        assert nib.aff2axcodes(nii.affine) == ("R", "A", "S")
+        np.testing.assert_allclose(nii.header.get_zooms()[:3], SPACING)
+        data = np.asarray(nii.dataobj)
+        assert data.shape == (SIZE, SIZE, n) and data.dtype == expected.dtype
+        # world orientation: slice row 0 is the most anterior (largest y), column 0 the subject's left (smallest x)
+        x, y = np.meshgrid(np.arange(SIZE), np.arange(SIZE), indexing="ij")  # voxel indices along x, y
+        world = nii.affine @ np.stack([x.ravel(), y.ravel(), np.zeros(x.size), np.ones(x.size)])
+        rows = np.rint((world[1].max() - world[1]) / SPACING[1]).astype(int)
+        cols = np.rint((world[0] - world[0].min()) / SPACING[0]).astype(int)
+        for k in range(n):
+            np.testing.assert_array_equal(data[x.ravel(), y.ravel(), k], expected[k][rows, cols])
+        ours, affine = load_nifti(path, "image")  # our own loader reads it back, in RAS
+        np.testing.assert_array_equal(ours, data.astype(np.float32))
+        np.testing.assert_allclose(affine, nii.affine)
+
+
+def _one_line_error(capsys, needle: str) -> None:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("jsddpm generate: error:") and needle in err[0], err
+
+
+def test_generate_bad_specs_and_outputs_end_in_one_line(checkpoint, tmp_path, capsys, monkeypatch):
+    base = ["generate", "--ckpt", str(checkpoint)]
+    for bad, needle in (({"count": 1, "zbins": 3}, "'zbins' must be a list"),
+                        ({"conditions": 5}, "'conditions' must be a list"),
+                        ({"labels": "abnormal"}, "'labels' must be a list")):
+        spec = tmp_path / "spec.json"
+        spec.write_text(json.dumps(bad))
+        assert main([*base, "--out", str(tmp_path / "x"), "--spec", str(spec)]) == 2
+        _one_line_error(capsys, needle)
+    existing = tmp_path / "file.txt"
+    existing.write_text("keep me")
+    assert main([*base, "--out", str(existing)]) == 2
+    _one_line_error(capsys, "is a file")
+    assert existing.read_text() == "keep me"
+    # --out . --overwrite would have to rename the working folder: refused before sampling, nothing stranded
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    assert main([*base, "--out", ".", "--overwrite", "sample.n_per_condition=1"]) == 2
+    _one_line_error(capsys, "working folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "spec.json", "work"]
+    assert [p.name for p in work.iterdir()] == ["notes.txt"]
+
+
+def test_generate_refuses_non_finite_weights_and_outputs_writing_nothing(checkpoint, tmp_path, capsys,
+                                                                        monkeypatch):
+    ckpt = torch.load(checkpoint, weights_only=True)
+    name = next(k for k in ckpt["state_dict"] if k.startswith("ema.module.") and k.endswith("weight"))
+    ckpt["state_dict"][name] = torch.full_like(ckpt["state_dict"][name], float("nan"))
+    nan_ckpt = tmp_path / "nan.ckpt"
+    torch.save(ckpt, nan_ckpt)
+    out = tmp_path / "gen"
+    assert main(["generate", "--ckpt", str(nan_ckpt), "--out", str(out)]) == 2
+    _one_line_error(capsys, str(nan_ckpt))
+    assert not out.exists()
+    # finite weights whose output is not finite (e.g. overflow): refused after sampling, nothing written
+    import jsddpm.generation.sampling as sampling
+
+    monkeypatch.setattr(sampling, "sample_batch", lambda *a, **k: torch.full((len(a[4]), 2, SIZE, SIZE), float("nan")))
+    assert main(["generate", "--ckpt", str(checkpoint), "--out", str(out), "sample.n_per_condition=1"]) == 2
+    _one_line_error(capsys, str(checkpoint))
+    assert list(tmp_path.iterdir()) == [nan_ckpt]

@@ -9,7 +9,7 @@ import importlib
 import sys
 
 from . import __version__
-from .errors import UserError
+from .errors import describe_failure, terminate_as_interrupt
 
 # name -> one-line help; the module jsddpm.commands.<name> implements it
 COMMANDS = {
@@ -17,6 +17,7 @@ COMMANDS = {
     "cache": "volumes (manifest CSV) or image folders -> slice cache",
     "train": "train a diffusion model on a slice cache (Lightning; resumable)",
     "generate": "checkpoint -> synthetic set (samples.npz, PNG grids)",
+    "inpaint": "checkpoint + real lesion-free slices -> the same slices with a new lesion and its exact mask",
     "diagnose": "real vs synthetic diagnostics: run-all, aggregate, report, criteria",
     "demo": "the main job: demo cohort -> cache -> train -> generate -> diagnose -> report.html",
     "study": "train -> generate -> diagnose over a grid of config values, then aggregate",
@@ -40,19 +41,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import quiet
+
+    quiet.install()  # third-party banners and deprecations a user cannot act on; ours stay
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 0
     try:
-        result = args._module.run(args)
-    except UserError as exc:
-        print(f"jsddpm {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"jsddpm {args.command}: interrupted", file=sys.stderr)
-        return 130
+        with terminate_as_interrupt():
+            result = args._module.run(args)
+    except BaseException as exc:  # expected failures -> one line (errors.describe_failure); bugs -> traceback
+        failure = describe_failure(exc)
+        if failure is None:
+            raise
+        code, line = failure
+        print(f"jsddpm {args.command}: {line}", file=sys.stderr)
+        return code
     return int(result or 0)
 
 

@@ -83,7 +83,11 @@ class ModelConfig:
 class DiffusionConfig:
     schedule: str = "cosine"  # linear | cosine | quadratic | sigmoid
     timesteps: int = 1000  # T: training timesteps t = 0..T-1; samplers visit any N <= T of them
-    prediction_type: str = "sample"  # epsilon | sample (x0) | v
+    prediction_type: str = "sample"  # epsilon | sample (x0) | v | edm (Karras et al. 2022 preconditioning)
+    sigma_data: float = 0.5  # edm: the data's standard deviation in c_skip / c_out / c_in (1 = v prediction)
+    t_sampling: str = "uniform"  # training timesteps: uniform over 0..T-1, or lognormal (ln sigma ~ N(p_mean, p_std^2))
+    p_mean: float = -1.2  # t_sampling=lognormal: mean of ln sigma, sigma = sqrt((1 - abar) / abar)
+    p_std: float = 1.2  # t_sampling=lognormal: standard deviation of ln sigma
     self_conditioning_prob: float = 0.0  # probability of a self-conditioned training step
     condition_dropout: float = 0.1  # classifier-free guidance: probability of the null condition
     clip_x0: bool = True  # clip the x0 estimate to [-1, 1] at every sampling step (and for self-conditioning)
@@ -151,6 +155,14 @@ class SampleConfig:
     use_ema: bool = True  # sample with the EMA weights (false: the raw trained weights)
     export_nifti: bool = False  # also write images.nii.gz / masks.nii.gz stacks (H, W, N)
     device: str = "auto"  # auto (every visible GPU, one process each; else CPU), cpu, cuda:0, or "cuda:0,cuda:1"
+    strength: float = 1.0  # SDEdit: < 1 varies real slices (generate --source) noised to this level; 1 = plain
+
+
+@dataclass
+class InpaintConfig:
+    dilate_px: int = 3  # `jsddpm inpaint` generates the target mask dilated by this many pixels (the seam ring)
+    resample: int = 2  # RePaint re-noising jumps per sampler step (each costs one more network call)
+    placement_tries: int = 200  # random flips / rotations / shifts tried to fit a bank mask inside the brain and prior
 
 
 # -------------------------------------------------------------------------------- diagnostics
@@ -159,7 +171,7 @@ class DiagnosticsConfig:
     real_split: str = "test"  # split of a real slice cache used as the real set
     patch_size: int = 96  # lesion-centred patches
     n_bootstrap: int = 200  # bootstrap resamples for each metric's 95% CI
-    n_null_repeats: int = 10  # real-vs-real half splits
+    n_null_repeats: int = 40  # real-vs-real null draws at the compared sizes (null SD error ~1/sqrt(2 x (n-1)))
     fdr_alpha: float = 0.05  # Benjamini-Hochberg false discovery rate of the per-pixel t-tests
     glcm_levels: int = 64  # GLCM grey levels: a fixed quantisation of [-1, 1], never per-image min-max
     glcm_distances: list[int] = field(default_factory=lambda: [1, 2, 4])  # GLCM distances, 4 angles each
@@ -193,6 +205,23 @@ class DiagnosticsConfig:
     # networks trained per fold with different seeds; their per-image score ranks are averaged (the AUC of
     # one small CNN varies by ~0.1 between seeds on a few hundred images)
     classifier_repeats: int = 1
+    # utility (`diagnose utility`, run-all family): split of the real cache the lesion segmenters train on
+    # (they are scored on real_split)
+    utility_train_split: str = "train"
+    utility_seeds: int = 3  # segmenters per arm (seeds seed, seed + 1, ...); the same seeds in every arm
+    utility_steps: int = 300  # Adam steps per segmenter, the same in every arm whatever its size
+    utility_batch_size: int = 32  # slices per step
+    utility_lr: float = 1e-2  # peak learning rate (cosine decay to 0 over utility_steps)
+    # channels per level of the segmentation UNet (multiples of 4)
+    utility_widths: list[int] = field(default_factory=lambda: [8, 16, 32])
+    utility_lesion_fraction: float = 0.5  # share of each batch drawn from lesion slices (when the arm has any)
+    # training crops of this fraction of the image side (lesion draws keep a lesion inside); 1 = whole slices
+    utility_crop: float = 0.5
+    # processes training segmenters in parallel (one torch thread each); results do not depend on it
+    utility_workers: int = 2
+    utility_synthetic_ratio: float = 1.0  # synthetic slices added per real slice in the real_plus_synthetic arm
+    # extra arms (with and without synthetic) on these fractions of the real training subjects, e.g. [0.25, 0.5]
+    utility_real_fractions: list[float] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------- root
@@ -204,6 +233,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    inpaint: InpaintConfig = field(default_factory=InpaintConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
 
 
@@ -237,6 +267,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise UserError(f"{src}: not valid YAML ({_one_line(exc)}); fix the file") from None
         if loaded is None:
             loaded = OmegaConf.create({})
+        if not OmegaConf.is_dict(loaded):
+            raise UserError(f"{src}: the top level is a list, not a mapping of sections (data:, model:, "
+                            "train: ...); fix the file")
         try:
             cfg = OmegaConf.merge(cfg, loaded)
         except OmegaConfBaseException as exc:
@@ -249,8 +282,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
         except OmegaConfBaseException as exc:
             raise UserError(_config_error(exc, "command-line overrides")) from None
-    validate(cfg, str(path) if path else "defaults")
+    where = str(path) if path else "defaults"
+    try:
+        OmegaConf.resolve(cfg)  # a missing ${...} interpolation fails here, not deep inside a stage
+    except OmegaConfBaseException as exc:
+        origin = "command-line overrides" if _override_keys(overrides) & {getattr(exc, "full_key", "")} else where
+        raise UserError(_config_error(exc, origin)) from None
+    validate(cfg, where, overrides)
     return cfg
+
+
+def _override_keys(overrides) -> set[str]:
+    return {item.split("=", 1)[0].strip().lstrip("+~") for item in overrides or ()}
 
 
 def _config_error(exc: Exception, where: str) -> str:
@@ -265,7 +308,8 @@ def _config_error(exc: Exception, where: str) -> str:
 
 _CHOICES = {
     "diffusion.schedule": ("linear", "cosine", "quadratic", "sigmoid"),
-    "diffusion.prediction_type": ("epsilon", "sample", "v"),
+    "diffusion.prediction_type": ("epsilon", "sample", "v", "edm"),
+    "diffusion.t_sampling": ("uniform", "lognormal"),
     "model.upsample": ("bilinear", "bicubic", "nearest", "transposed"),
     "model.prior": ("none", "concat", "cross_attention"),
     "sample.sampler": ("ddpm", "ddim", "dpmpp_2m"),
@@ -275,14 +319,27 @@ _CHOICES = {
 }
 
 
-def validate(cfg: Any, where: str) -> None:
-    """Value checks the type system cannot express; one line each."""
+def validate(cfg: Any, where: str, overrides=()) -> None:
+    """Value checks the type system cannot express; one line each, naming where the bad value came
+    from: a command-line override (`overrides`) or `where` (the config file)."""
+    import math
+    import re
+
     from omegaconf import OmegaConf
 
+    given = _override_keys(overrides)
+
+    def origin(msg: str) -> str:
+        keys = [k for k in re.findall(r"\b[a-z_]+\.[a-z_0-9]+\b", msg) if k in given]
+        return f"command-line override {keys[0]}" if keys else where
+
+    for key, value in _leaves(OmegaConf.to_container(cfg, resolve=True)):
+        if isinstance(value, float) and not math.isfinite(value):  # NaN passes every `> 0` check
+            raise UserError(f"{origin(key)}: {key}={value} is not a finite number; give a finite value")
     for key, choices in _CHOICES.items():
         value = str(OmegaConf.select(cfg, key))
         if value not in choices:
-            raise UserError(f"{where}: {key}={value} is not one of {', '.join(choices)}")
+            raise UserError(f"{origin(key)}: {key}={value} is not one of {', '.join(choices)}")
     checks = [
         (cfg.data.image_size >= 8, "data.image_size must be at least 8"),
         (cfg.data.n_zbins >= 1, "data.n_zbins must be at least 1"),
@@ -299,6 +356,8 @@ def validate(cfg: Any, where: str) -> None:
         (cfg.diffusion.timesteps >= 2, "diffusion.timesteps must be at least 2"),
         (0.0 <= cfg.diffusion.self_conditioning_prob <= 1.0, "diffusion.self_conditioning_prob must be in [0, 1]"),
         (0.0 <= cfg.diffusion.condition_dropout < 1.0, "diffusion.condition_dropout must be in [0, 1)"),
+        (cfg.diffusion.sigma_data > 0, "diffusion.sigma_data must be > 0"),
+        (cfg.diffusion.p_std > 0, "diffusion.p_std must be > 0"),
         (cfg.loss.p > 0, "loss.p must be > 0"),
         (cfg.loss.lesion_weight >= 0, "loss.lesion_weight must be >= 0"),
         (cfg.loss.ffl_weight >= 0 and cfg.loss.ffl_alpha >= 0, "loss.ffl_weight and loss.ffl_alpha must be >= 0"),
@@ -313,11 +372,43 @@ def validate(cfg: Any, where: str) -> None:
         (0.0 <= cfg.train.ema_decay < 1.0, "train.ema_decay must be in [0, 1)"),
         (cfg.sample.steps >= 1, "sample.steps must be at least 1"),
         (cfg.sample.eta >= 0, "sample.eta must be >= 0"),
+        (cfg.sample.eta == 0 or cfg.sample.sampler == "ddim",
+         f"sample.eta={cfg.sample.eta} is used by ddim only ({cfg.sample.sampler} would ignore it); set sample.eta=0"),
         (cfg.sample.batch_size >= 1, "sample.batch_size must be at least 1"),
+        (0.0 < cfg.sample.strength <= 1.0, "sample.strength must be in (0, 1] (1 = plain generation)"),
+        (cfg.inpaint.dilate_px >= 0 and cfg.inpaint.resample >= 0 and cfg.inpaint.placement_tries >= 1,
+         "inpaint.dilate_px and inpaint.resample must be >= 0, inpaint.placement_tries >= 1"),
+        (str(cfg.diagnostics.utility_train_split) in ("train", "val", "test", "all"),
+         "diagnostics.utility_train_split must be one of train, val, test, all"),
+        (cfg.diagnostics.n_null_repeats >= 2, "diagnostics.n_null_repeats must be at least 2 (a null SD needs two)"),
+        (cfg.diagnostics.utility_seeds >= 1 and cfg.diagnostics.utility_steps >= 1
+         and cfg.diagnostics.utility_batch_size >= 1 and cfg.diagnostics.utility_lr > 0,
+         "diagnostics.utility_seeds, utility_steps, utility_batch_size must be >= 1 and utility_lr > 0"),
+        (len(cfg.diagnostics.utility_widths) >= 1
+         and all(w >= 4 and w % 4 == 0 for w in cfg.diagnostics.utility_widths),
+         "diagnostics.utility_widths must list positive multiples of 4, e.g. [8, 16, 32]"),
+        (0.0 <= cfg.diagnostics.utility_lesion_fraction <= 1.0,
+         "diagnostics.utility_lesion_fraction must be in [0, 1]"),
+        (0.0 < cfg.diagnostics.utility_crop <= 1.0, "diagnostics.utility_crop must be in (0, 1]"),
+        (cfg.diagnostics.utility_synthetic_ratio > 0, "diagnostics.utility_synthetic_ratio must be > 0"),
+        (cfg.diagnostics.utility_workers >= 1, "diagnostics.utility_workers must be at least 1"),
+        (all(0 < f < 1 for f in cfg.diagnostics.utility_real_fractions),
+         "diagnostics.utility_real_fractions must hold fractions in (0, 1), e.g. [0.25, 0.5]"),
     ]
     for ok, msg in checks:
         if not ok:
-            raise UserError(f"{where}: {msg}")
+            raise UserError(f"{origin(msg)}: {msg}")
+
+
+def _leaves(tree, prefix: str = ""):
+    """(dotted key, value) of every scalar in a nested dict / list config."""
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+    for k, v in items:
+        key = f"{prefix}{k}" if isinstance(tree, dict) else f"{prefix[:-1]}[{k}]"
+        if isinstance(v, dict | list):
+            yield from _leaves(v, key + ".")
+        else:
+            yield key, v
 
 
 def to_yaml(cfg: Any) -> str:

@@ -70,12 +70,13 @@ def _split_channels(images: np.ndarray, path: Path, image_channels: int | None, 
 
 def _npz_set(path: Path, role: str, image_channels: int | None, kind: str = "npz"):
     from .diagnostics.runner import ImageSet
+    from .io import reading
 
     try:
         data = np.load(path, allow_pickle=False)
     except Exception as exc:
         raise UserError(f"{path}: cannot read as .npz ({exc}); give an .npz written by numpy.savez") from None
-    with data:
+    with data, reading(path, ".npz set", "save plain numeric arrays (no Python objects) with numpy.savez"):
         if "images" not in data.files:
             raise UserError(f"{path}: no 'images' array (found {', '.join(data.files) or 'nothing'}); "
                             "save the set as images=(N, C, H, W) in [-1, 1]")
@@ -84,6 +85,8 @@ def _npz_set(path: Path, role: str, image_channels: int | None, kind: str = "npz
         has_mask = data["has_mask"].item() if "has_mask" in data.files else None
     if images.ndim != 4:
         raise UserError(f"{path}: 'images' has shape {images.shape}; expected (N, C, H, W)")
+    if len(images) == 0:
+        raise UserError(f"{path}: 'images' holds 0 images; give a set with at least one image")
     if not np.isfinite(images).all():
         raise UserError(f"{path}: 'images' contains NaN or inf; regenerate or clean the set")
     lo, hi = float(images.min()), float(images.max())
@@ -153,10 +156,7 @@ def summary_rows(metrics: dict) -> list[dict]:
 
     rows = []
     for name, rec in metrics.items():
-        z = None
-        if sev._usable(rec):
-            z = sev.null_z(rec["value"], rec["null_mean"], rec["null_sd"],
-                           sev.SEVERITY_COMPONENTS.get(name, "two-sided"))
+        z = sev.metric_z(name, rec)  # absolute SD floors; inf (written as "inf") when absent in synthetic
         rows.append({"metric": name, "family": rec.get("family"),
                      **{k: rec.get(k) for k in ("value", "real", "synthetic", "ci_low", "ci_high",
                                                 "null_mean", "null_sd")},
@@ -185,13 +185,23 @@ def _write_report(folder: Path, diag: dict, details: dict, samples: dict) -> Non
 
 def run_all(real_path, synthetic_path, out, cfg, train_path=None, image_channels: int | None = None,
             synthetic_split: str | None = None, progress=print) -> Path:
-    """Load, run every selected family, write the output folder; returns its path."""
+    """Load, run every selected family, write the output folder; returns its path. The folder is locked
+    for the whole run: a second run into it fails at once instead of after minutes of work."""
+    from .io import output_lock
+
+    with output_lock(out):
+        return _run_all(real_path, synthetic_path, out, cfg, train_path, image_channels, synthetic_split, progress)
+
+
+def _run_all(real_path, synthetic_path, out, cfg, train_path, image_channels, synthetic_split, progress) -> Path:
     from .config import to_container
     from .diagnostics.runner import jsonable, largest_deviations, load_families, run_diagnostics
 
     dcfg = cfg.diagnostics
     require_free_output(out)  # atomic_dir checks again at the end; here it fails before minutes of work
-    load_families(dcfg.only, dcfg.skip)  # a misspelt family fails before any loading
+    # utility trains segmenters and runs beside the metric families (`--only utility` runs it alone)
+    only, skip = [f for f in dcfg.only if f != "utility"], [f for f in dcfg.skip if f != "utility"]
+    families = [] if dcfg.only and not only else load_families(only, skip)  # a misspelt family fails here
     real = load_set(real_path, "real", dcfg.real_split, image_channels)
     synth = load_set(synthetic_path, "synthetic", synthetic_split or dcfg.real_split, image_channels)
     train = None
@@ -208,7 +218,9 @@ def run_all(real_path, synthetic_path, out, cfg, train_path=None, image_channels
         progress(f"diagnose: real {len(real)} ({real.source['kind']}), synthetic {len(synth)} "
                  f"({synth.source['kind']}), {real.images.shape[1]} image channel(s), "
                  f"{'with' if real.masks is not None and synth.masks is not None else 'without'} masks")
-    result = run_diagnostics(real, synth, dcfg, train=train, progress=progress)
+    result = run_diagnostics(real, synth, dcfg, train=train, families=families, progress=progress)
+    utility_run = (utility_in_run_all(real_path, synthetic_path, real, synth, train, cfg, image_channels, progress)
+                   if wants_utility(dcfg) else None)
     metrics = jsonable(result["metrics"])
     auc = metrics.get("classifier_auc", {}).get("value")
     auc_d = metrics.get("classifier_auc_dithered", {}).get("value")
@@ -217,7 +229,7 @@ def run_all(real_path, synthetic_path, out, cfg, train_path=None, image_channels
         "severity": jsonable(result["severity"]),
         "headline": {"severity": result["severity"]["severity"], "classifier_auc": auc,
                      "classifier_auc_dithered": auc_d,
-                     "largest_deviations": [{"metric": m, "z": z} for m, z in largest_deviations(metrics)]},
+                     "largest_deviations": [{"metric": m, "z": jsonable(z)} for m, z in largest_deviations(metrics)]},
         "families": jsonable(result["families"]),
         "zbins": jsonable(result["zbins"]),
         "real_set": real.source, "synthetic_set": synth.source, "resampling": result["resampling"],
@@ -226,12 +238,18 @@ def run_all(real_path, synthetic_path, out, cfg, train_path=None, image_channels
     }
     samples = {f"{side}_{k}": v for side, s in (("real", real), ("synthetic", synth))
                for k, v in _sample_grid(s).items()}
+    utility_files: dict[str, str] = {}
+    if utility_run is not None:  # its record goes to diag["utility"] (not `metrics`: it has no null)
+        diag["utility"], diag["families"]["utility"], utility_examples, utility_files = utility_run
+        samples.update(utility_examples)
     gen_cfg = generator_config_source(synthetic_path)
     with atomic_dir(out) as tmp:
         atomic_write_text(tmp / "diagnostics.json", json.dumps(diag, indent=1) + "\n")
         atomic_write_text(tmp / "summary.csv", csv_text(summary_rows(metrics)))
         atomic_write_text(tmp / "figure_data.json", json.dumps(result["details"]) + "\n")
         np.savez_compressed(tmp / "sample_grid.npz", **samples)
+        for name, text in utility_files.items():  # utility.json, utility.csv
+            atomic_write_text(tmp / name, text)
         if gen_cfg is not None:
             shutil.copyfile(gen_cfg, tmp / "generator_config.yaml")
         write_run_record(tmp, cfg)
@@ -249,9 +267,12 @@ def read_diagnostics(folder) -> dict:
     if not path.is_file():
         raise UserError(f"{path}: not found; point at a folder written by `jsddpm diagnose run-all`")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        diag = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid JSON ({exc}); rerun `jsddpm diagnose run-all`") from None
+    if not isinstance(diag, dict) or not isinstance(diag.get("metrics"), dict):
+        raise UserError(f"{path}: not a diagnostics record (no 'metrics' mapping); rerun `jsddpm diagnose run-all`")
+    return diag
 
 
 def rerender_report(folder) -> Path:
@@ -324,3 +345,109 @@ def criteria(baseline, candidate, out=None) -> tuple[list[dict], str]:
                       json.dumps({"baseline": str(baseline), "candidate": str(candidate), "criteria": rows,
                                   "all_passed": all(r["passed"] is True for r in rows)}, indent=1) + "\n")
     return rows, text
+
+
+# ------------------------------------------------------------------------------------ utility
+UTILITY_EXAMPLE_KEYS = ("images", "truth", "pred_real", "pred_synthetic")
+
+
+def wants_utility(dcfg) -> bool:
+    """run-all runs the utility family unless --skip utility, or --only lists other families only."""
+    return "utility" not in dcfg.skip and (not dcfg.only or "utility" in dcfg.only)
+
+
+def utility_training_set(real_path, real, dcfg, train=None, image_channels: int | None = None):
+    """The segmenters' real training set: the real cache's `utility_train_split`, else `train` (--train)."""
+    if real.source.get("kind") == "cache":
+        split = str(dcfg.utility_train_split)
+        if split in (dcfg.real_split, "all"):
+            raise UserError(f"diagnostics.utility_train_split={split} overlaps the real test split "
+                            f"'{dcfg.real_split}'; train the segmenters on another split (e.g. train)")
+        return load_set(real_path, "train", split, image_channels)
+    if train is not None:
+        return train
+    raise UserError(f"{real_path}: utility needs real training slices with masks; give a slice cache as --real "
+                    "(its train split trains the segmenters) or the training set with --train")
+
+
+def _check_not_test_split(real_path, synthetic_path, synth, dcfg) -> None:
+    if (synth.source.get("kind") == "cache" and Path(synthetic_path).resolve() == Path(real_path).resolve()
+            and synth.source.get("split") in (dcfg.real_split, "all")):
+        raise UserError(f"{synthetic_path}: the synthetic set is the real test split itself; the segmenters would "
+                        "train on the slices they are scored on (give --synthetic-split val, for example)")
+
+
+def utility_outputs(result: dict, sets: dict) -> tuple[dict, dict[str, np.ndarray], dict[str, str]]:
+    """(utility record for diagnostics.json, example arrays for the report, files: utility.json / .csv)."""
+    from .diagnostics.runner import jsonable
+    from .diagnostics.utility import csv_rows
+
+    record = jsonable({k: v for k, v in result.items() if k != "examples"})
+    record.update({f"{role}_set": s.source for role, s in sets.items()})
+    examples = {f"utility_{k}": np.asarray(v) for k, v in result["examples"].items() if k in UTILITY_EXAMPLE_KEYS}
+    files = {"utility.json": json.dumps(record, indent=1) + "\n", "utility.csv": csv_text(csv_rows(result))}
+    return record, examples, files
+
+
+def utility_in_run_all(real_path, synthetic_path, real, synth, train, cfg, image_channels, progress):
+    """Run the utility family inside run-all: (record or None, family status, examples, files)."""
+    import time
+
+    from .diagnostics.utility import run_utility
+
+    dcfg = cfg.diagnostics
+    t0 = time.perf_counter()
+    try:
+        if real.masks is None or synth.masks is None:
+            raise UserError("no lesion masks (image-only data)")
+        _check_not_test_split(real_path, synthetic_path, synth, dcfg)
+        utrain = utility_training_set(real_path, real, dcfg, train, image_channels)
+        result = run_utility(utrain, synth, real, dcfg, progress=progress)
+    except UserError as exc:  # the rest of the suite stands; the report says why utility is missing
+        if progress:
+            progress(f"  {'utility':<17} skipped: {exc}")
+        return None, {"status": "skipped", "reason": str(exc), "seconds": 0.0}, {}, {}
+    except Exception as exc:  # as for the other families: recorded, the report says it failed
+        reason = f"{type(exc).__name__}: {exc}"
+        if progress:
+            progress(f"  {'utility':<17} FAILED: {reason}")
+        return None, {"status": "error", "reason": reason, "seconds": time.perf_counter() - t0}, {}, {}
+    seconds = time.perf_counter() - t0
+    record, examples, files = utility_outputs(result, {"train": utrain, "synthetic": synth, "test": real})
+    if progress:
+        progress(f"  {'utility':<17} {seconds:6.1f} s  {result['verdict']}")
+    return record, {"status": "ok", "seconds": seconds, "n_metrics": len(record["arms"])}, examples, files
+
+
+def utility(real_path, synthetic_path, out, cfg, synthetic_split: str | None = None,
+            image_channels: int | None = None, progress=print) -> Path:
+    """`jsddpm diagnose utility`: segmenters trained on real / synthetic / both, scored on held-out real
+    slices; writes utility.json, utility.csv, report.html (+ figures/), config.yaml, versions.json."""
+    from .diagnostics import report
+    from .diagnostics.utility import run_utility
+
+    dcfg = cfg.diagnostics
+    require_free_output(out)
+    real = load_set(real_path, "real", dcfg.real_split, image_channels)
+    if real.source.get("kind") != "cache":
+        raise UserError(f"{real_path}: --real must be a slice cache (its '{dcfg.utility_train_split}' split "
+                        f"trains the segmenters, its '{dcfg.real_split}' split scores them)")
+    synth = load_set(synthetic_path, "synthetic", synthetic_split or dcfg.real_split, image_channels)
+    _check_not_test_split(real_path, synthetic_path, synth, dcfg)
+    train = utility_training_set(real_path, real, dcfg, image_channels=image_channels)
+    if progress:
+        progress(f"utility: real train {len(train)} slices, synthetic {len(synth)} ({synth.source['kind']}), "
+                 f"real test {len(real)}; {dcfg.utility_seeds} seeds x {dcfg.utility_steps} steps per arm")
+    result = run_utility(train, synth, real, dcfg, progress=progress)
+    record, examples, files = utility_outputs(result, {"train": train, "synthetic": synth, "test": real})
+    figures = report.utility_figures(record, examples)
+    with atomic_dir(out) as tmp:
+        for name, text in files.items():
+            atomic_write_text(tmp / name, text)
+        for name, png in figures.items():
+            atomic_write_bytes(tmp / "figures" / f"{name}.png", png)
+        atomic_write_text(tmp / "report.html", report.render_utility_page(record, figures))
+        write_run_record(tmp, cfg)
+    if progress:
+        progress(f"utility: {result['verdict']}\nutility: {Path(out) / 'utility.json'}, {Path(out) / 'report.html'}")
+    return Path(out)

@@ -90,6 +90,14 @@ def train_stage(cfg: Any, train_dir: Path, log: Log = print) -> Path:
         t0 = time.perf_counter()
         train(cfg)
         atomic_write_text(finished, json.dumps({"seconds": time.perf_counter() - t0}) + "\n")
+    return trained_checkpoint(train_dir)
+
+
+def trained_checkpoint(train_dir: Path) -> Path:
+    """The checkpoint to sample from: best.ckpt when there is one, else last.ckpt."""
+    from .training.trainer import CHECKPOINT_DIR
+
+    ckpts = train_dir / CHECKPOINT_DIR
     for name in ("best.ckpt", "last.ckpt"):
         if (ckpts / name).is_file():
             return ckpts / name
@@ -107,6 +115,33 @@ def generate_stage(ckpt: Path, out: Path, spec: dict, overrides: Sequence[str] =
     seconds, n = time.perf_counter() - t0, sum(c["count"] for c in spec["conditions"])
     log(f"generate: {n} samples in {seconds:.0f} s ({n / seconds:.1f}/s)")
     return out
+
+
+def inpaint_stage(ckpt: Path, cache_dir: Path, out: Path, n: int = 8, log: Log = print) -> Path:
+    """Lesions inpainted into real lesion-free train slices (bank masks): the report's example row."""
+    from .generation.inpaint import inpaint
+
+    if (out / "samples.npz").is_file():
+        log(f"inpaint: reusing {out}")
+        return out
+    t0 = time.perf_counter()
+    inpaint(ckpt, cache_dir, out, n=n)
+    log(f"inpaint: {n} results in {time.perf_counter() - t0:.0f} s")
+    return out
+
+
+def report_with_inpainted_row(report_html: str, grid_png: Path) -> str:
+    """The report with a section showing the inpainting grid (embedded), before "How to read this"."""
+    import base64
+
+    section = ("<h2>Inpainted lesions</h2><p>Real lesion-free training slices with a real lesion mask of another "
+               "subject inpainted (<code>jsddpm inpaint</code>): source | result | mask | |difference|. Outside "
+               "the dilated mask the result is the source, exactly.</p><img alt=\"inpainted examples\" "
+               f"src=\"data:image/png;base64,{base64.b64encode(grid_png.read_bytes()).decode()}\">")
+    for anchor in ("<h2>How to read this</h2>", "</body>"):
+        if anchor in report_html:
+            return report_html.replace(anchor, section + anchor, 1)
+    return report_html + section
 
 
 def diagnose_stage(cfg: Any, real: Path, synthetic: Path, out: Path, log: Log = print) -> Path:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import UserError
 
-DEFAULT_GRID = ("diffusion.prediction_type=epsilon,v,sample", "loss.p=1.5,2.0,2.5")
+DEFAULT_GRID = ("diffusion.prediction_type=epsilon,v,sample,edm", "loss.p=1.5,2.0")
 
 # rows of the prediction-type table: (metric, ideal value, label)
 PREDICTION_TABLE = [
@@ -85,9 +85,15 @@ def run_study(
     and returns its diagnostics folder. A point is finished when `point_dir/done.json` exists; it is
     written only after `run_point` returns, so a crash mid-point resumes that point.
     """
-    from .io import atomic_write_text
+    from .io import output_lock
 
-    out = Path(out)
+    with output_lock(out):  # one study per folder (re-entrant: `jsddpm study` holds it already)
+        return _run_points(base_overrides, grid, Path(out), run_point, base_config, log)
+
+
+def _run_points(base_overrides, grid, out: Path, run_point, base_config, log) -> list[Path]:
+    from .io import atomic_write_text, output_lock
+
     out.mkdir(parents=True, exist_ok=True)
     plan = {"base_config": base_config, "base_overrides": list(base_overrides), "grid": grid}
     plan_file = out / "study.json"
@@ -114,7 +120,8 @@ def run_study(
         log(f"[{i}/{len(points)}] {name}: train -> generate -> diagnose")
         point_dir.mkdir(parents=True, exist_ok=True)
         overrides = list(base_overrides) + [f"{k}={v}" for k, v in point.items()]
-        diag = Path(run_point(overrides, point_dir)).resolve()  # a rerun may start from another folder
+        with output_lock(point_dir):
+            diag = Path(run_point(overrides, point_dir)).resolve()  # a rerun may start from another folder
         atomic_write_text(done, json.dumps({"point": point, "diagnostics": str(diag)}, indent=2) + "\n")
         diag_dirs.append(diag)
     return diag_dirs

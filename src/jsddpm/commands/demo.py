@@ -21,7 +21,15 @@ def run(args) -> int:
     from ..config import load_config
     from ..errors import UserError
     from ..io import atomic_write_bytes
-    from ..pipeline import ensure_cache, ensure_cohort, run_point, timed_logger
+    from ..pipeline import (
+        ensure_cache,
+        ensure_cohort,
+        inpaint_stage,
+        report_with_inpainted_row,
+        run_point,
+        timed_logger,
+        trained_checkpoint,
+    )
 
     overrides = list(args.overrides)
     if args.minutes is not None:
@@ -36,7 +44,9 @@ def run(args) -> int:
     manifest = ensure_cohort(out / "cohort", args.subjects, args.patients, args.seed, log)
     cache = ensure_cache(manifest, out / "cache", cfg, log)
     diag = run_point(cfg, cache, out, log)
+    inpainted = inpaint_stage(trained_checkpoint(out / "train"), cache, out / "inpainted", log=log)
     report = out / "report.html"
-    atomic_write_bytes(report, (diag / "report.html").read_bytes())  # self-contained: figures are embedded
+    html = report_with_inpainted_row((diag / "report.html").read_text(), inpainted / "grid_inpaint.png")
+    atomic_write_bytes(report, html.encode())  # self-contained: figures are embedded
     log(f"demo: done in {(time.perf_counter() - t0) / 60:.1f} min. Open {report}")
     return 0

@@ -1,4 +1,4 @@
-"""`jsddpm diagnose {run-all, aggregate, report, criteria}`: real-vs-synthetic diagnostics."""
+"""`jsddpm diagnose {run-all, utility, aggregate, report, criteria}`: real-vs-synthetic diagnostics."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 from . import add_config_arguments, config_from_args
 
 FAMILIES_HELP = ("spectral, wavelet, texture, boundary, background, spatial, pixel, intensity, morphology, "
-                 "memorization, feature_distance, classifier")
+                 "memorization, feature_distance, classifier, utility")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +24,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="image channels in an .npz (the rest is the mask); default: C=2 or 4 means a mask")
     p.add_argument("--only", nargs="+", default=None, metavar="FAMILY", help=f"run only these: {FAMILIES_HELP}")
     p.add_argument("--skip", nargs="+", default=None, metavar="FAMILY", help="skip these families")
+    add_config_arguments(p)
+
+    p = sub.add_parser("utility", help="lesion segmenters trained on real / synthetic / both, scored on "
+                                       "held-out real slices")
+    p.add_argument("--real", required=True,
+                   help="slice cache with masks: its train split trains, its test split scores (diagnostics."
+                        "utility_train_split / real_split)")
+    p.add_argument("--synthetic", required=True, help="generation folder, .npz with a mask channel, or a cache")
+    p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    p.add_argument("--synthetic-split", default=None,
+                   help="split of a synthetic cache, e.g. val for a real reference arm (default: the real split)")
+    p.add_argument("--image-channels", type=int, default=None,
+                   help="image channels in an .npz (the rest is the mask); default: C=2 or 4 means a mask")
     add_config_arguments(p)
 
     p = sub.add_parser("aggregate", help="cross-experiment tables over several run-all folders")
@@ -63,6 +76,9 @@ def run(args) -> int:
         cfg = config_from_args(args)
         diagnose.run_all(args.real, args.synthetic, args.out, cfg, train_path=args.train,
                          image_channels=args.image_channels, synthetic_split=args.synthetic_split)
+    elif args.action == "utility":
+        diagnose.utility(args.real, args.synthetic, args.out, config_from_args(args),
+                         synthetic_split=args.synthetic_split, image_channels=args.image_channels)
     elif args.action == "aggregate":
         out = diagnose.aggregate(args.dirs, args.out)
         print(f"diagnose aggregate: {len(args.dirs)} runs -> {out / 'cross_experiment.csv'}, {out / 'tables.md'}")

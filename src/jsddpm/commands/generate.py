@@ -1,4 +1,5 @@
-"""`jsddpm generate --ckpt K --out DIR [--spec S.json] [--config C] [sample.key=value ...]`."""
+"""`jsddpm generate --ckpt K --out DIR [--spec S.json] [--config C] [--source CACHE [--split S]]
+[sample.key=value ...]`."""
 
 
 def add_arguments(parser) -> None:
@@ -9,6 +10,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--config", "-c", default=None,
                         help="YAML whose sample section replaces the checkpoint's (optional)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--source", default=None,
+                        help="slice cache whose real slices sample.strength < 1 varies (SDEdit)")
+    parser.add_argument("--split", default="train", help="split of --source to draw slices from (default train)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="sample.* overrides, e.g. sample.steps=25")
 
 
@@ -16,5 +20,5 @@ def run(args) -> int:
     from ..generation import generate, read_spec
 
     generate(args.ckpt, args.out, spec=read_spec(args.spec), config_path=args.config,
-             overrides=args.overrides, overwrite=args.overwrite)
+             overrides=args.overrides, overwrite=args.overwrite, source=args.source, split=args.split)
     return 0

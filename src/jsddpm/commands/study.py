@@ -19,6 +19,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from ..config import load_config
+    from ..io import output_lock
     from ..pipeline import ensure_cache, ensure_cohort, run_point, timed_logger
     from ..study import finish_study, grid_points, parse_grid, run_study
     from . import DEMO_PATIENTS, DEMO_SEED, DEMO_SUBJECTS
@@ -29,14 +30,15 @@ def run(args) -> int:
         load_config(args.config, list(args.overrides) + [f"{k}={v}" for k, v in point.items()])
     out = Path(args.out)
     log = timed_logger()
-    cache = args.cache or base.data.cache_dir
-    if not cache:
-        cohort = ensure_cohort(out / "cohort", DEMO_SUBJECTS, DEMO_PATIENTS, DEMO_SEED, log)
-        cache = ensure_cache(cohort, out / "cache", base, log)
+    with output_lock(out):  # the whole study, the demo cohort and cache it may build included
+        cache = args.cache or base.data.cache_dir
+        if not cache:
+            cohort = ensure_cohort(out / "cohort", DEMO_SUBJECTS, DEMO_PATIENTS, DEMO_SEED, log)
+            cache = ensure_cache(cohort, out / "cache", base, log)
 
-    def one_point(overrides, point_dir):
-        return run_point(load_config(args.config, overrides), Path(cache), point_dir, log)
+        def one_point(overrides, point_dir):
+            return run_point(load_config(args.config, overrides), Path(cache), point_dir, log)
 
-    diag_dirs = run_study(list(args.overrides), grid, out, one_point, base_config=args.config, log=log)
-    finish_study(diag_dirs, out, log)
+        diag_dirs = run_study(list(args.overrides), grid, out, one_point, base_config=args.config, log=log)
+        finish_study(diag_dirs, out, log)
     return 0

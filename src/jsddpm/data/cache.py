@@ -7,6 +7,7 @@ stats.json, config.yaml, versions.json.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,35 +67,105 @@ class SliceCache:
 
 
 def read_index(path: Path) -> dict[str, np.ndarray]:
-    with open(path, newline="") as f:
+    from ..io import reading
+
+    with reading(path, "cache index", "rebuild the cache with `jsddpm cache`"), open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    columns = rows[0].keys() if rows else INDEX_COLUMNS
-    index = {}
-    for name in columns:
-        values = [r[name] for r in rows]
-        if name in _INT_COLUMNS:
-            index[name] = np.asarray(values, dtype=np.int64)
-        elif name in _FLOAT_COLUMNS:
-            index[name] = np.asarray(values, dtype=np.float32)
-        else:
-            index[name] = np.asarray(values, dtype=str)
+        columns = rows[0].keys() if rows else INDEX_COLUMNS
+        index = {}
+        for name in columns:
+            values = [r[name] for r in rows]
+            if any(v is None for v in values):
+                raise ValueError(f"column {name} is missing in some rows")
+            if name in _INT_COLUMNS:
+                index[name] = np.asarray(values, dtype=np.int64)
+            elif name in _FLOAT_COLUMNS:
+                index[name] = np.asarray(values, dtype=np.float32)
+            else:
+                index[name] = np.asarray(values, dtype=str)
     return index
 
 
+def _load_npy(path: Path, mmap: bool) -> np.ndarray:
+    """An array of a cache; a truncated or foreign file, or one holding Python objects, is refused."""
+    from ..io import reading
+
+    with reading(path, ".npy array", "the cache was damaged after it was built; rebuild it with `jsddpm cache`"):
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    return array
+
+
+def _all_finite_within(array: np.ndarray, lo: float, hi: float, rows: int = 256) -> bool:
+    """Every value finite and in [lo, hi], checked in chunks of `rows` (a memmap is never loaded whole)."""
+    for start in range(0, len(array), rows):
+        chunk = np.asarray(array[start:start + rows], dtype=np.float32)
+        if not np.isfinite(chunk).all() or chunk.min(initial=lo) < lo or chunk.max(initial=hi) > hi:
+            return False
+    return True
+
+
+def check_cache(cache: SliceCache) -> None:
+    """A cache damaged or edited after it was built is refused in one line naming the file: the files
+    must agree in length and shape, and images / priors must be finite values in their range."""
+    root = cache.root
+    fix = "the cache was damaged or edited after it was built; rebuild it with `jsddpm cache`"
+    images, masks, priors = cache.images, cache.masks, cache.priors
+    if images.ndim != 4 or images.dtype.kind != "f":
+        raise UserError(f"{root / 'images.npy'}: holds {images.dtype} {images.shape}, "
+                        f"expected float (N, C, H, W); {fix}")
+    n, _, h, w = images.shape
+    if masks is not None and (masks.ndim != 4 or masks.shape != (n, 1, h, w)):
+        raise UserError(f"{root / 'masks.npy'}: shape {masks.shape} does not match images.npy's {images.shape} "
+                        f"(expected {(n, 1, h, w)}); {fix}")
+    lengths = {name: len(col) for name, col in cache.index.items()}
+    if any(k != n for k in lengths.values()):
+        raise UserError(f"{root / 'index.csv'}: {min(lengths.values())} rows but images.npy holds {n} slices; {fix}")
+    missing = [c for c in ("split", "label", "zbin", "z_norm") if c not in cache.index]
+    if missing:
+        raise UserError(f"{root / 'index.csv'}: lacks column(s) {', '.join(missing)}; {fix}")
+    stats_n = cache.stats.get("n_slices") if isinstance(cache.stats, dict) else None
+    if not isinstance(cache.stats, dict) or "classes" not in cache.stats or "n_zbins" not in cache.stats:
+        raise UserError(f"{root / 'stats.json'}: lacks 'classes' or 'n_zbins'; {fix}")
+    if stats_n is not None and stats_n != n:
+        raise UserError(f"{root / 'stats.json'}: says {stats_n} slices but images.npy holds {n}; {fix}")
+    n_zbins = cache.n_zbins
+    if priors.shape != (n_zbins, h, w):
+        raise UserError(f"{root / 'priors.npy'}: shape {priors.shape}, expected ({n_zbins}, {h}, {w}); {fix}")
+    zbin, z_norm, label = cache.index["zbin"], cache.index["z_norm"], cache.index["label"]
+    if n and (zbin.min() < 0 or zbin.max() >= n_zbins or not np.isfinite(z_norm).all()
+              or label.min() < 0 or label.max() >= max(len(cache.classes), 1)):
+        raise UserError(f"{root / 'index.csv'}: zbin, z_norm or label values outside the cache's "
+                        f"{n_zbins} z-bins / {len(cache.classes)} classes; {fix}")
+    if not _all_finite_within(priors, -1e-3, 1.0 + 1e-3):
+        raise UserError(f"{root / 'priors.npy'}: holds NaN, Inf or values outside [0, 1]; {fix}")
+    if not _all_finite_within(images, -1.001, 1.001):
+        raise UserError(f"{root / 'images.npy'}: holds NaN, Inf or values outside [-1, 1]; {fix}")
+    if masks is not None and not _all_finite_within(masks, 0, 1):
+        raise UserError(f"{root / 'masks.npy'}: holds values other than 0 and 1; {fix}")
+
+
 def load_cache(path) -> SliceCache:
+    """The slice cache at `path`, checked (see `check_cache`): a damaged cache never reaches a stage."""
+    from ..io import reading
+
     root = Path(path)
     missing = [n for n in ("images.npy", "index.csv", "priors.npy", "stats.json") if not (root / n).is_file()]
     if missing:
         raise UserError(f"{root}: not a slice cache (no {' / '.join(missing)}); build one with `jsddpm cache`")
     masks_path = root / "masks.npy"
-    return SliceCache(
+    stats_path = root / "stats.json"
+    with reading(stats_path, "cache summary (JSON)", "rebuild the cache with `jsddpm cache`"):
+        stats = json.loads(stats_path.read_text())
+    cache = SliceCache(
         root=root,
-        images=np.load(root / "images.npy", mmap_mode="r"),
-        masks=np.load(masks_path, mmap_mode="r") if masks_path.is_file() else None,
+        images=_load_npy(root / "images.npy", mmap=True),
+        masks=_load_npy(masks_path, mmap=True) if masks_path.is_file() else None,
         index=read_index(root / "index.csv"),
-        priors=np.load(root / "priors.npy"),
-        stats=json.loads((root / "stats.json").read_text()),
+        priors=_load_npy(root / "priors.npy", mmap=False),
+        stats=stats,
     )
+    check_cache(cache)
+    return cache
 
 
 # ---------------------------------------------------------------------------------------- writing
@@ -154,11 +225,12 @@ def write_cache(out: Path, cfg, images: np.ndarray, masks: np.ndarray | None, in
         atomic_save_npy(out / "masks.npy", masks.astype(np.uint8, copy=False))
     atomic_save_npy(out / "priors.npy", priors.astype(np.float32, copy=False))
     columns = list(INDEX_COLUMNS) + [c for c in index if c not in INDEX_COLUMNS]
-    with open(out / "index.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(columns)
-        for row in zip(*[index[c] for c in columns]):
-            writer.writerow([f"{v:.6f}" if isinstance(v, np.floating) else v for v in row])
+    buf = io.StringIO(newline="")
+    writer = csv.writer(buf)
+    writer.writerow(columns)
+    for row in zip(*[index[c] for c in columns]):
+        writer.writerow([f"{v:.6f}" if isinstance(v, np.floating) else v for v in row])
+    atomic_write_text(out / "index.csv", buf.getvalue())
     atomic_write_text(out / "stats.json", json.dumps(stats, indent=2) + "\n")
     write_run_record(out, cfg)
 
@@ -181,9 +253,14 @@ def summary_lines(stats: dict, out: Path) -> list[str]:
 # ---------------------------------------------------------------------------------------- volumes
 def read_manifest(path: Path) -> list[dict[str, str]]:
     """Rows with resolved paths; the manifest's own errors (columns, empty, duplicates) are UserErrors."""
+    from ..io import reading
+    from .volumes import why_not_a_file
+
     if not path.is_file():
-        raise UserError(f"{path}: manifest not found; give the CSV written by `jsddpm phantom` or your own")
-    with open(path, newline="") as f:
+        raise UserError(f"{path}: manifest {why_not_a_file(path)}; give the CSV written by `jsddpm phantom` "
+                        "or your own")
+    # utf-8-sig: spreadsheets' "CSV UTF-8" starts with a byte-order mark
+    with reading(path, "manifest CSV", "save it as CSV (UTF-8)"), open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         fields = [c.strip() for c in reader.fieldnames or []]
         missing = [c for c in ("subject_id", "image", "group") if c not in fields]
@@ -196,6 +273,8 @@ def read_manifest(path: Path) -> list[dict[str, str]]:
         raise UserError(f"{path}: manifest has no subjects; add one row per subject")
     seen = set()
     for r in rows:
+        if not r["subject_id"]:
+            raise UserError(f"{path}: a row has an empty subject_id (image '{r['image']}'); give every subject an id")
         if r["subject_id"] in seen:
             raise UserError(f"{path}: duplicate subject_id '{r['subject_id']}'; give every subject one row")
         seen.add(r["subject_id"])

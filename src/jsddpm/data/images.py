@@ -7,6 +7,7 @@ that a dataset can instead read and resize the original files on the fly.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +81,11 @@ def resize_array(data: np.ndarray, size: int) -> np.ndarray:
 
 def read_image(path: Path, channels: int, size: int | None) -> np.ndarray:
     """One file as float32 (channels, H, W) in [-1, 1], resized to size x size unless size is None."""
-    data = image_to_array(open_image(path), channels)
+    img = open_image(path)
+    if img.mode == "F" and not np.isfinite(np.asarray(img, dtype=np.float32)).all():
+        # min-max scaling would turn one NaN into a blank image and one Inf into NaN everywhere
+        raise UserError(f"{path}: image contains NaN or Inf pixels; replace them (e.g. with 0) and re-save")
+    data = image_to_array(img, channels)
     return np.clip(resize_array(data, size), -1.0, 1.0) if size else data
 
 
@@ -102,6 +107,10 @@ def build_image_cache(root: Path, out: Path, cfg) -> dict:
                 if img.size != first.size:
                     raise UserError(f"{root / rel}: size {img.size} differs from {first_rel}'s {first.size}; "
                                     "set data.resize_images=true or resize the files")
+        multi = [rel for rel, img in headers if getattr(img, "n_frames", 1) > 1]
+        if multi:
+            print(f"cache: warning: {len(multi)} file(s) hold several frames (e.g. {root / multi[0]}); "
+                  "only the first frame of each is used", file=sys.stderr)
         for _, img in headers:
             img.close()
         images = np.stack([read_image(root / rel, channels, size) for rel, _ in files])

@@ -34,12 +34,32 @@ class SubjectSlices:
     z_norm: np.ndarray  # (n,) position in [0, 1] within the kept axial range
 
 
+def why_not_a_file(path: Path) -> str:
+    """What a path that is not a readable regular file is: a folder, a symlink loop, a dangling link..."""
+    import os
+
+    if path.is_dir():
+        return "is a folder, not a file"
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:  # Python < 3.13 reports a symlink loop so
+            return "is a symlink loop"
+        except OSError as exc:
+            if getattr(exc, "errno", None) == 40:  # ELOOP
+                return "is a symlink loop"
+            return f"is a symlink to a missing file ({os.readlink(path)})"
+    if path.exists():
+        return "is not a regular file"
+    return "file not found"
+
+
 def load_nifti(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
     """(float32 3D data in RAS orientation, its affine); every defect is a one-line UserError."""
     import nibabel as nib
 
     if not path.is_file():
-        raise UserError(f"{path}: {what} file not found; fix the path in the manifest")
+        raise UserError(f"{path}: {what} {why_not_a_file(path)}; fix the path in the manifest")
     try:
         img = nib.as_closest_canonical(nib.load(str(path)))
         data = np.asarray(img.get_fdata(dtype=np.float32))

@@ -4,6 +4,8 @@ reference study's (metric rows, experiment / factor-level columns, an "Ideal" co
 
 Pure functions on loaded dicts; `jsddpm.diagnose.aggregate` reads the folders and writes the files,
 and `jsddpm study` can reuse `prediction_type_table`, `lp_table` and `variance_explained`.
+Severities are ranked only when every run computed them over the same components with the same
+definition (severity.comparable_key); otherwise `experiment_rows` refuses with one line saying why.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .severity import relative_severity
+from ..errors import UserError
+from .severity import incomparable, relative_severity
 
 # metric rows of the reference study's prediction-type table
 PREDICTION_TYPE_METRICS = ("spectral_slope_diff", "spectral_js", "boundary_sharpness_ratio", "spatial_corr_ratio",
@@ -27,13 +30,27 @@ IDEAL = {"spectral_slope_diff": "0", "spectral_js": "0", "boundary_sharpness_rat
          "spatial_corr_ratio": "1", "background_std_synth": "= real", "wasserstein_all": "0",
          "pixel_frac_significant": "0", "hf_ratio_diff": "0", "texture_ks_mean": "0", "severity": "0",
          "relative_severity": "0", "wavelet_hh_l1_ratio": "1", "gradient_ratio": "1", "classifier_auc": "0.5",
-         "classifier_auc_dithered": "0.5", "mask_mmd": "0", "memorization_ratio": ">= 1",
-         "glcm_contrast_synth": "= real", "glcm_dissimilarity_synth": "= real", "gradient_mean_synth": "= real"}
+         "classifier_auc_dithered": "0.5", "mask_mmd": "0", "lesion_rate_diff": "0", "lesion_count_ratio": "1",
+         "memorization_ratio": ">= 1",
+         "glcm_contrast_synth": "= real", "glcm_dissimilarity_synth": "= real", "gradient_mean_synth": "= real",
+         "utility_dice_synthetic": "= real arm", "utility_dice_gain": ">= 0"}
+# downstream segmentation Dice per arm and the paired real+synthetic - real difference (`diagnose utility`)
+UTILITY_METRICS = ("utility_dice_real", "utility_dice_synthetic", "utility_dice_real_plus_synthetic",
+                   "utility_dice_gain")
 EXPERIMENT_METRICS = tuple(dict.fromkeys(PREDICTION_TYPE_METRICS[:-1] + (
     "wavelet_hh_l1_ratio", "gradient_ratio", "glcm_contrast_synth", "glcm_dissimilarity_synth", "gradient_mean_synth",
-    "mask_mmd", "classifier_auc", "classifier_auc_dithered", "memorization_ratio")))
+    "mask_mmd", "lesion_rate_diff", "lesion_count_ratio", "classifier_auc", "classifier_auc_dithered",
+    "memorization_ratio") + UTILITY_METRICS))
 # config keys that differ between runs without being experimental factors
 _NOT_FACTORS = ("train.out_dir", "data.cache_dir", "data.image_root", "train.resume")
+
+
+def utility_value(diag: dict, name: str):
+    """`utility_dice_<arm>` / `utility_dice_gain` from the run's utility record (None without one)."""
+    from .utility import metric_records
+
+    util = diag.get("utility")
+    return (metric_records(util).get(name) or {}).get("value") if util else None
 
 
 @dataclass
@@ -67,12 +84,22 @@ def varying_factors(runs: list[Run]) -> list[str]:
 def metric_value(diag: dict, name: str):
     if name == "severity":
         return (diag.get("severity") or {}).get("severity")
+    if name in UTILITY_METRICS:
+        return utility_value(diag, name)
     rec = diag.get("metrics", {}).get(name)
     return None if rec is None else rec.get("value")
 
 
+def require_comparable(runs: list[Run]) -> None:
+    """UserError (one line) when the runs' severities are means over different components or definitions."""
+    why = incomparable({r.name: r.diagnostics.get("severity") for r in runs})
+    if why:
+        raise UserError(f"aggregate: {why}")
+
+
 def experiment_rows(runs: list[Run]) -> tuple[list[dict], list[str]]:
     """cross_experiment rows (experiment, factors, severity, relative_severity, metrics) and the factors."""
+    require_comparable(runs)
     factors = varying_factors(runs)
     rel = relative_severity([r.diagnostics.get("metrics", {}) for r in runs])
     rows = []
@@ -161,6 +188,7 @@ def _columns_by(runs: list[Run], key: str | None, metrics) -> dict[str, dict]:
 
 def best_prediction_type(runs: list[Run]) -> str | None:
     """Prediction type with the lowest mean severity (None when the configs do not record it)."""
+    require_comparable(runs)
     key = "diffusion.prediction_type"
     levels = {str(r.config.get(key)) for r in runs if key in r.config}
     scores = {lv: _mean(metric_value(r.diagnostics, "severity") for r in runs if str(r.config.get(key)) == lv)

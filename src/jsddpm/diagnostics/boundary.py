@@ -7,7 +7,9 @@ nearest lesion. Profiles are binned at 1 px (2R bins, centres -R + 0.5 .. R - 0.
 lesion side is the brighter one (hypo- and hyperintense lesions do not cancel).
 Per set: the pooled mean profile; sharpness = its largest step between adjacent bins (intensity per
 pixel), width = |inner plateau - outer plateau| / sharpness (pixels: the width of a linear ramp with
-that contrast and slope).
+that contrast and slope). When the real set has lesion edges and the synthetic set has none, both
+ratios are recorded as absent in the synthetic set (no value), which severity counts as a maximal
+deviation.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .common import Features, metric
+from .common import Features, absent, metric
 from .regions import IN_PLANE_8, lesion_patches, tissues
 
 NAME = "boundary"
@@ -79,9 +81,11 @@ def sharpness_width(profile: np.ndarray) -> tuple[float, float]:
 
 
 def compare(real: Features, synth: Features, cfg) -> dict[str, dict]:
-    if "profile_sums" not in real or len(real["profile_sums"]) == 0 or len(synth["profile_sums"]) == 0:
+    if "profile_sums" not in real or len(real["profile_sums"]) == 0:
         return {}
     sr, wr = sharpness_width(pooled_profile(real))
+    if len(synth["profile_sums"]) == 0:
+        return {"boundary_sharpness_ratio": absent(sr), "boundary_width_ratio": absent(wr)}
     ss, ws = sharpness_width(pooled_profile(synth))
     return {
         "boundary_sharpness_ratio": metric(ss / sr, sr, ss),

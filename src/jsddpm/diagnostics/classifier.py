@@ -15,10 +15,13 @@ Protocol
   downsampling, because downsampling would average away exactly the pixel-level fingerprints
   (quantisation, checkerboards) the classifier is there to find.
 - Dithering: real images come from integer scanners, so they sit on an intensity grid; synthetic
-  images are continuous, which a CNN can learn instead of anatomy. `classifier_auc_dithered` passes
-  BOTH sets through the same channel: quantise to the real data's grid step (anchored at -1, the
-  background), add uniform noise within one step, and reflect values that leave [-1, 1] back inside
-  (reflection keeps the density flat at the edges, where clipping would pile mass on -1 and 1).
+  images are continuous, which a CNN can learn instead of anatomy. Each volume is normalised with its
+  own percentiles, so the grid's step and offset differ per subject: the grid is estimated per real
+  image, and each synthetic image is given the grid of a randomly drawn real image.
+  `classifier_auc_dithered` passes BOTH sets through that channel: quantise to the grid, add uniform
+  noise within one step, and reflect values that leave [-1, 1] back inside (reflection keeps the
+  density flat at the edges, where clipping would pile mass on -1 and 1). The output's note says how
+  many real images sit on a grid; with none (interpolated or float data) there is nothing to dither.
 """
 
 from __future__ import annotations
@@ -75,35 +78,80 @@ def null_auc_sd(n1: int, n0: int) -> float:
 
 
 # ---------------------------------------------------------------------------------- dithering
-def estimate_grid_step(images: np.ndarray, max_images: int = 64) -> float:
-    """The intensity grid step of integer-scanner data: the median over images of the smallest gap
-    between distinct intensities, kept only if (nearly) every intensity lies on that grid anchored at
-    -1. 0 when there is no grid, e.g. after resampling with interpolation: dithering is then a no-op."""
-    gaps, values = [], []
-    for img in images[:max_images]:
-        vals = np.unique(np.asarray(img, dtype=np.float64))
-        d = np.diff(vals)
-        d = d[d > 1e-6]
-        if len(d):
-            gaps.append(d.min())
-            values.append(vals)
-    if not gaps:
-        return 0.0
-    step = float(np.median(gaps))
-    k = (np.concatenate(values) + 1.0) / step
-    on_grid = np.abs(k - np.round(k)) < 0.05
-    return step if on_grid.mean() > 0.99 else 0.0
+MIN_GRID_STEP = 2e-5  # finer than this (> 100,000 levels over [-1, 1]) is float resolution, not a scanner grid
 
 
-def quantise_and_dither(x: np.ndarray, step: float, rng: np.random.Generator) -> np.ndarray:
-    """Round to the grid -1 + k * step, add U(-step/2, step/2), reflect back into [-1, 1]."""
-    if step <= 0:
-        return x.astype(np.float32, copy=True)
-    q = np.round((x.astype(np.float64) + 1.0) / step) * step - 1.0
-    d = q + rng.uniform(-step / 2, step / 2, size=x.shape)
+def image_grid(image: np.ndarray, tol: float = 0.05) -> tuple[float, float]:
+    """(step, offset) of the intensity grid offset + k * step one image sits on, or (0, 0) if none.
+
+    Each volume is normalised with its own percentiles, so integer scanner values land on a grid
+    whose step and offset differ per subject. Values at exactly -1 / +1 (background and clipped
+    voxels) are left out: they are atoms of the normalisation, not grid points. No grid: continuous
+    data (e.g. resampled with interpolation), or a step below MIN_GRID_STEP (float resolution)."""
+    vals = np.unique(np.asarray(image, dtype=np.float64))
+    vals = vals[(vals > -1 + 1e-6) & (vals < 1 - 1e-6)]
+    if len(vals) < 3:
+        return 0.0, 0.0
+    gaps = np.diff(vals)
+    step = float(gaps.min())
+    if step < MIN_GRID_STEP:
+        return 0.0, 0.0
+    k = (vals - vals[0]) / step
+    if np.mean(np.abs(k - np.round(k)) < tol) < 0.99:
+        return 0.0, 0.0
+    return step, float(vals[0] % step)
+
+
+def image_grids(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image (steps, offsets) of (N, H, W) images; step 0 where an image has no grid."""
+    grids = np.array([image_grid(img) for img in images], dtype=np.float64).reshape(-1, 2)
+    return grids[:, 0], grids[:, 1]
+
+
+def quantise_and_dither(x: np.ndarray, step, rng: np.random.Generator, offset=-1.0) -> np.ndarray:
+    """Round to the grid offset + k * step, add U(-step/2, step/2), reflect back into [-1, 1].
+
+    `step` / `offset` are scalars or per-image arrays (broadcast over the trailing axes); images
+    with step 0 are returned unchanged."""
+    x64 = x.astype(np.float64)
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    step = np.asarray(step, dtype=np.float64)
+    offset = np.asarray(offset, dtype=np.float64)
+    if step.ndim:
+        step, offset = step.reshape(shape), np.broadcast_to(offset, step.shape).reshape(shape)
+    on = step > 0
+    safe = np.where(on, step, 1.0)
+    q = np.round((x64 - offset) / safe) * safe + offset
+    d = q + rng.uniform(-0.5, 0.5, size=x.shape) * safe
     d = np.where(d > 1.0, 2.0 - d, d)
     d = np.where(d < -1.0, -2.0 - d, d)
-    return d.astype(np.float32)
+    return np.where(on, d, x64).astype(np.float32)
+
+
+def dither_grids(real_images: np.ndarray, n_synth: int, fixed_step: float, rng: np.random.Generator):
+    """Grids for both sets: (real steps, real offsets, synth steps, synth offsets, note).
+
+    Real images keep their own grid. Each synthetic image gets the grid of a randomly drawn real image,
+    so the synthetic set passes through the same quantisation channel as the real mixture of subjects.
+    `fixed_step` > 0: one grid anchored at -1 for every image; < 0: no dithering."""
+    n_real = len(real_images)
+    if fixed_step < 0:
+        z_r, z_s = np.zeros(n_real), np.zeros(n_synth)
+        return z_r, z_r, z_s, z_s, "dithering disabled (diagnostics.classifier_dither_step < 0)"
+    if fixed_step > 0:
+        return (np.full(n_real, fixed_step), np.full(n_real, -1.0), np.full(n_synth, fixed_step),
+                np.full(n_synth, -1.0), f"fixed grid step {fixed_step:g} (diagnostics.classifier_dither_step)")
+    steps, offsets = image_grids(real_images)
+    on = int((steps > 0).sum())
+    pick = rng.integers(0, n_real, size=n_synth)
+    if on == 0:
+        note = (f"none of the {n_real} real images sits on an intensity grid (continuous values, e.g. "
+                "resampled with interpolation or stored as floats): nothing to dither")
+    else:
+        note = (f"{on} of {n_real} real images sit on an intensity grid (per-image steps "
+                f"{np.min(steps[steps > 0]):.3g}-{np.max(steps):.3g}); each synthetic image was given "
+                "the grid of a randomly drawn real image")
+    return steps, offsets, steps[pick], offsets[pick], note
 
 
 # -------------------------------------------------------------------------------------- folds
@@ -259,20 +307,24 @@ def classifier_metrics(real: np.ndarray, synth: np.ndarray, cfg, real_groups=Non
     metrics["classifier_auc"], detail["plain"] = _auc_result(scores, labels, fold, cfg, rng)
     metrics["classifier_auc"]["repeat_aucs"] = repeat_aucs
 
-    step = float(cfg.classifier_dither_step) or estimate_grid_step(real[:, 0])
-    if step > 0:
+    r_step, r_off, s_step, s_off, note = dither_grids(real[:, 0], len(synth), float(cfg.classifier_dither_step),
+                                                      rng)
+    if (r_step > 0).any():
         real_d, synth_d = real.copy(), synth.copy()
-        real_d[:, :c_img] = quantise_and_dither(real[:, :c_img], step, rng)
-        synth_d[:, :c_img] = quantise_and_dither(synth[:, :c_img], step, rng)
+        real_d[:, :c_img] = quantise_and_dither(real[:, :c_img], r_step, rng, r_off)
+        synth_d[:, :c_img] = quantise_and_dither(synth[:, :c_img], s_step, rng, s_off)
         # same seeds, folds and initialisations as the plain run: the two AUCs differ by the dithering alone
         scores, labels, fold, repeat_aucs = repeated_scores(real_d, synth_d, cfg, real_groups, synth_groups)
         metrics["classifier_auc_dithered"], detail["dithered"] = _auc_result(scores, labels, fold, cfg, rng)
         metrics["classifier_auc_dithered"]["repeat_aucs"] = repeat_aucs
+        metrics["classifier_auc_dithered"]["dither_note"] = note
     else:  # no intensity grid to hide: the dithered run would be the plain run, seed for seed
-        metrics["classifier_auc_dithered"] = dict(metrics["classifier_auc"],
-                                                  note="real set has no intensity grid: nothing to dither")
+        metrics["classifier_auc_dithered"] = dict(metrics["classifier_auc"], note=note)
         detail["dithered"] = detail["plain"]
+    on = r_step > 0
+    step = float(np.median(r_step[on])) if on.any() else 0.0
     metrics["classifier_auc_dithered"]["dither_step"] = step
+    metrics["classifier_auc_dithered"]["dither_fraction_on_grid"] = float(on.mean())
     return {"metrics": metrics, "detail": {"scores": detail["plain"]["scores"],
                                            "scores_dithered": detail["dithered"]["scores"],
                                            "fold_auc": {"plain": detail["plain"]["fold_auc"],

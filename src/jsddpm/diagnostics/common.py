@@ -55,6 +55,12 @@ def metric(value, real=None, synthetic=None, **extra) -> dict:
     return out
 
 
+def absent(real=None, what: str = "lesions") -> dict:
+    """A metric that cannot be computed because the synthetic set lacks something the real set has
+    (`what`): severity counts it as a maximal deviation, never as missing."""
+    return {"value": None, "real": _f(real), "synthetic": None, "absent_in_synthetic": what}
+
+
 def _f(x):
     if x is None:
         return None

@@ -4,12 +4,18 @@
 - GLCM dissimilarity within 7 % of real, gradient magnitude within 5 % of real
 - spectral slope diff < 0.025
 - synthetic background std < 0.005
-- severity below the baseline's
+- severity below the baseline's (only when both severities are means over the same components with
+  the same definition: otherwise a UserError says why)
 - dithered classifier AUC < 0.70
+- real+synthetic Dice not below real: the utility family's paired Dice difference >= 0 (its CI in the
+  detail); only for candidates diagnosed with the utility family
 A criterion whose metric is missing is reported with passed = None (not a pass).
 """
 
 from __future__ import annotations
+
+from ..errors import UserError
+from .severity import incomparable
 
 
 def _value(diag: dict, name: str):
@@ -40,6 +46,9 @@ def _within(diag: dict, stem: str, label: str, tolerance: float) -> dict:
 
 def evaluate(baseline: dict, candidate: dict) -> list[dict]:
     """Rows {criterion, value, target, passed (True / False / None when missing), detail}."""
+    why = incomparable({"baseline": baseline.get("severity"), "candidate": candidate.get("severity")})
+    if why:
+        raise UserError(f"criteria: {why}")
     rows = []
     v = _value(candidate, "wavelet_hh_l1_ratio")
     rows.append(_row("wavelet HH level-1 energy ratio", v, "> 0.85", v is not None and v > 0.85))
@@ -54,6 +63,14 @@ def evaluate(baseline: dict, candidate: dict) -> list[dict]:
                      "< baseline" + ("" if b is None else f" ({b:.4g})"), v is not None and b is not None and v < b))
     v = _value(candidate, "classifier_auc_dithered")
     rows.append(_row("classifier AUC (dithered)", v, "< 0.70", v is not None and v < 0.70))
+    if "utility" not in (candidate.get("families") or {}):  # run without the utility family: no row
+        return rows
+    gain = (candidate.get("utility") or {}).get("differences", {}).get("real_plus_synthetic - real", {})
+    gain = gain.get("dice") or {}
+    v = gain.get("value")
+    rows.append(_row("real+synthetic Dice not below real", v, ">= 0", v is not None and v >= 0,
+                     "" if None in (v, gain.get("ci_low"), gain.get("ci_high"))
+                     else f"95% CI {gain['ci_low']:.3f} to {gain['ci_high']:.3f}"))
     return rows
 
 

@@ -8,17 +8,35 @@ area of the pixel squares, extent area / bounding-box area, and the axis lengths
 the ellipse with the same second moments (skimage.measure.regionprops definitions).
 `mask_mmd`: unbiased polynomial-kernel MMD^2 (degree 3, KID-style) between the standardised feature
 sets (log1p of the size features), each resampled lesion counted once; per-feature Wasserstein-1;
-mean lesion count per slice. The estimator is unbiased for independent sets: a set against ITSELF
-gives a small negative value (its cross term includes each lesion paired with itself).
+mean lesion count per slice. The estimator is unbiased for independent sets. Every `features` call
+numbers its lesions in a block of its own, so when both sides come from one set (the runner's
+real-vs-real null resamples both from the real set) a lesion drawn into both sides is left out of the
+cross term, as it is left out of each side's own term: without that the cross term would hold each
+shared lesion paired with itself and bias the null downwards (a set against itself gives exactly 0).
+
+Lesion rate and count (the sets' lesion burden, mask collapse included):
+- `lesion_rate_diff`: per class (the samples' labels, when both sets have them; else one class), the
+  fraction of slices carrying a lesion; the value is |synthetic - real| averaged over the classes
+  present in both sets, each class counting once (a class-conditional generator must honour the
+  rare lesion class as much as the common one; 0 = like real, 1 = every slice wrong);
+  `real` / `synthetic` hold the overall fractions, `lesion_rate_diff_class<c>` the signed per-class
+  differences.
+- `lesion_count_ratio`: mean number of lesions per lesion-carrying slice, synthetic / real.
+- `lesion_count_diff`: mean lesions per slice, synthetic - real.
+When the real set has lesions and the synthetic set has none (or fewer than two for the MMD),
+`mask_mmd` and `lesion_count_ratio` are recorded as absent in the synthetic set (no value), which
+severity counts as a maximal deviation.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 from scipy import ndimage, stats
 from scipy.spatial import ConvexHull, QhullError
 
-from .common import Features, metric
+from .common import Features, absent, metric
 from .regions import IN_PLANE_8, as_masks, one_blas_thread
 
 NAME = "morphology"
@@ -26,6 +44,8 @@ NEEDS_MASK = True
 LESION_FEATURES = ("area", "perimeter", "circularity", "solidity", "extent", "eccentricity",
                    "major_axis", "minor_axis")
 LOG_FEATURES = ("area", "perimeter", "major_axis", "minor_axis")  # heavy-tailed sizes: log1p before MMD
+_ID_BLOCKS = itertools.count()  # each features() call numbers its lesions from its own block
+ID_BLOCK = 1 << 32
 
 # marching squares on a 2 x 2 cell, indexed by the inside corners (bit 0 top-left, 1 top-right,
 # 2 bottom-left, 3 bottom-right): contour length and enclosed area inside the cell. Diagonal pairs
@@ -122,7 +142,9 @@ def features(images: np.ndarray, masks: np.ndarray | None, cfg) -> Features:
     table, owner = lesion_table(m[with_lesion])
     owner = with_lesion[owner]
     count = np.bincount(owner, minlength=N).astype(np.float64)
-    table["lesion_id"] = np.arange(len(owner))  # survives `take`, so a resample knows its repeats
+    # survives `take`, so a resample knows its repeats; unique across calls, so lesions of two different
+    # sets never share an id
+    table["lesion_id"] = next(_ID_BLOCKS) * ID_BLOCK + np.arange(len(owner))
     return Features(N, {"lesion_count": count}, table, owner)
 
 
@@ -143,8 +165,11 @@ def capped_rows(rows: np.ndarray, limit: int = MMD_MAX_ROWS) -> np.ndarray:
     return rows[np.linspace(0, len(rows) - 1, limit).round().astype(np.int64)]
 
 
-def poly_mmd2_unbiased(x: np.ndarray, y: np.ndarray, degree: int = 3) -> float:
-    """Unbiased MMD^2 with the kernel (x.y / d + 1)^degree (as in KID); NaN with < 2 rows in a set."""
+def poly_mmd2_unbiased(x: np.ndarray, y: np.ndarray, degree: int = 3, x_ids: np.ndarray | None = None,
+                       y_ids: np.ndarray | None = None) -> float:
+    """Unbiased MMD^2 with the kernel (x.y / d + 1)^degree (as in KID); NaN with < 2 rows in a set.
+    With row ids (distinct within each set), cross pairs of one id (the same item drawn into both
+    sets) are left out, as the within-set diagonals are."""
     n, m = len(x), len(y)
     if n < 2 or m < 2:
         return float("nan")
@@ -160,7 +185,14 @@ def poly_mmd2_unbiased(x: np.ndarray, y: np.ndarray, degree: int = 3) -> float:
 
     with one_blas_thread():
         sxx, syy, sxy = kernel_sums(x, x, True), kernel_sums(y, y, True), kernel_sums(x, y, False)
-    return sxx / (n * (n - 1)) + syy / (m * (m - 1)) - 2 * sxy / (n * m)
+    n_cross = n * m
+    if x_ids is not None and y_ids is not None:
+        _, ix, iy = np.intersect1d(x_ids, y_ids, assume_unique=True, return_indices=True)
+        if len(ix):
+            same = np.einsum("ij,ij->i", x[ix].astype(np.float64), y[iy].astype(np.float64)) / d + 1.0
+            sxy -= float(np.sum(same**degree))
+            n_cross -= len(ix)
+    return sxx / (n * (n - 1)) + syy / (m * (m - 1)) - 2 * sxy / n_cross
 
 
 def standardised(real: Features, synth: Features) -> tuple[np.ndarray, np.ndarray]:
@@ -176,14 +208,47 @@ def standardised(real: Features, synth: Features) -> tuple[np.ndarray, np.ndarra
     return (a - mean) / sd, (b - mean) / sd
 
 
+def lesion_rates(real: Features, synth: Features) -> dict[str, dict]:
+    """`lesion_rate_diff` (mean over classes of |synthetic - real| fraction of lesion slices) and, with
+    more than one class, the signed difference per class."""
+    has_r, has_s = real["lesion_count"] > 0, synth["lesion_count"] > 0
+    if "label" in real and "label" in synth:
+        lab_r, lab_s = real["label"], synth["label"]
+        classes = np.intersect1d(lab_r, lab_s)
+    else:
+        lab_r, lab_s, classes = np.zeros(real.n), np.zeros(synth.n), np.zeros(1)
+    out, diffs = {}, []
+    for c in classes:
+        rr, rs = has_r[lab_r == c].mean(), has_s[lab_s == c].mean()
+        diffs.append(abs(rs - rr))
+        if len(classes) > 1:
+            out[f"lesion_rate_diff_class{c}"] = metric(rs - rr, rr, rs)
+    value = float(np.mean(diffs)) if diffs else None
+    return {"lesion_rate_diff": metric(value, has_r.mean(), has_s.mean()), **out}
+
+
 def compare(real: Features, synth: Features, cfg) -> dict[str, dict]:
-    cr, cs = real["lesion_count"].mean(), synth["lesion_count"].mean()
-    out = {"lesion_count_diff": metric(cs - cr, cr, cs)}
-    if len(real["area"]) < 2 or len(synth["area"]) < 2:
+    count_r, count_s = real["lesion_count"], synth["lesion_count"]
+    cr, cs = count_r.mean(), count_s.mean()
+    out = {"lesion_count_diff": metric(cs - cr, cr, cs), **lesion_rates(real, synth)}
+    if not (count_r > 0).any():
+        return out  # nothing real to compare shapes with: the mask components are missing, not absent
+    per_r = count_r[count_r > 0].mean()
+    if (count_s > 0).any():
+        per_s = count_s[count_s > 0].mean()
+        out["lesion_count_ratio"] = metric(per_s / per_r, per_r, per_s)
+    else:
+        out["lesion_count_ratio"] = absent(per_r)
+    if len(real["area"]) < 2:
+        return out
+    if len(synth["area"]) < 2:
+        out["mask_mmd"] = absent(what="lesions" if len(synth["area"]) == 0 else "second lesion")
         return out
     a, b = standardised(real, synth)
-    out["mask_mmd"] = metric(poly_mmd2_unbiased(a[capped_rows(distinct_rows(real["lesion_id"]))],
-                                                b[capped_rows(distinct_rows(synth["lesion_id"]))]))
+    rows_r = capped_rows(distinct_rows(real["lesion_id"]))
+    rows_s = capped_rows(distinct_rows(synth["lesion_id"]))
+    out["mask_mmd"] = metric(poly_mmd2_unbiased(a[rows_r], b[rows_s], x_ids=real["lesion_id"][rows_r],
+                                                y_ids=synth["lesion_id"][rows_s]))
     for k in LESION_FEATURES:
         out[f"lesion_{k}_wasserstein"] = metric(stats.wasserstein_distance(real[k], synth[k]),
                                                 real[k].mean(), synth[k].mean())

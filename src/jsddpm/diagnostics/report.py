@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from .severity import SEVERITY_COMPONENTS, _usable, null_z
+from .severity import SEVERITY_COMPONENTS, metric_z
 
 REAL_COLOUR, SYNTH_COLOUR = "#1f77b4", "#d62728"
 FAMILY_TITLES = {
@@ -27,6 +27,7 @@ FAMILY_TITLES = {
     "pixel": "7. Pixel-wise statistics", "intensity": "8. Intensity distributions",
     "morphology": "9. Lesion-mask morphology", "classifier": "10. Real-vs-synthetic classifier",
     "memorization": "11. Memorisation", "feature_distance": "12. Feature distances (KID, FD)",
+    "utility": "13. Utility (lesion segmenters trained on real / synthetic / both)",
 }
 # what a deviation means, per direction: (when the value is above the real level, when below)
 MEANING = {
@@ -45,9 +46,12 @@ MEANING = {
     "spatial_corr_ratio": ("texture is correlated over longer distances (smoother, blotchier) than real",
                            "texture is correlated over shorter distances (grainier) than real"),
     "pixel_frac_significant": ("a larger share of pixel positions differ in mean intensity than between "
-                               "real halves", ""),
+                               "two real sets of these sizes", ""),
     "wasserstein_all": ("the overall intensity histogram differs from real", ""),
     "mask_mmd": ("lesion shapes and sizes are distributed differently from real", ""),
+    "lesion_rate_diff": ("the share of slices carrying a lesion differs from real (per class)", ""),
+    "lesion_count_ratio": ("lesion slices carry more lesions than real ones (fragmented lesions)",
+                           "lesion slices carry fewer lesions than real ones"),
     "kid": ("features of a fixed network are distributed differently from real (KID)", ""),
     "fd": ("features of a fixed network are distributed differently from real (Frechet distance)", ""),
     "memorization_ratio": ("synthetic samples are no closer to training images than new real images are",
@@ -174,8 +178,12 @@ def deviation_figure(diag: dict) -> bytes | None:
     comps = (diag.get("severity") or {}).get("components") or {}
     if not comps:
         return None
-    names = sorted(comps, key=lambda k: comps[k]["z"])
-    z = [min(comps[k]["z"], 50.0) for k in names]
+    def capped(k):  # an absent component (mask collapse) is stored with z = None (inf)
+        z = comps[k].get("z")
+        return 50.0 if z is None else min(z, 50.0)
+
+    names = sorted(comps, key=capped)
+    z = [capped(k) for k in names]
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(6.5, 0.3 * len(names) + 1))
@@ -199,6 +207,8 @@ def render_figures(diag: dict, details: dict, samples: dict) -> dict[str, bytes]
         png = family_figure(family, detail)
         if png:
             out[family] = png
+    if diag.get("utility"):
+        out.update(utility_figures(diag["utility"], samples))
     return out
 
 
@@ -212,12 +222,14 @@ def _num(v) -> str:
 
 def finding_sentence(name: str, rec: dict, z0: float) -> str | None:
     """One plain-language sentence about a metric, from its numbers (None if it has no null)."""
-    if not _usable(rec):
-        return None
-    sided = SEVERITY_COMPONENTS.get(name, "two-sided")
-    z = null_z(rec["value"], rec["null_mean"], rec["null_sd"], sided)
-    band = f"{_num(rec['null_mean'])} ± {_num(rec['null_sd'])} between two halves of the real data"
     label = name.replace("_", " ")
+    z = metric_z(name, rec)
+    if z is not None and math.isinf(z):
+        return (f"{label}: not measurable, the synthetic set has no {rec['absent_in_synthetic']} while the real "
+                "set has; counted as the largest possible deviation.")
+    if z is None:
+        return None
+    band = f"{_num(rec['null_mean'])} ± {_num(rec['null_sd'])} between two real sets of these sizes"
     if z <= z0:
         return f"{label} = {_num(rec['value'])}: within the real-vs-real range ({band}); not a finding."
     above = rec["value"] > rec["null_mean"]
@@ -241,7 +253,7 @@ def _classifier_sentence(metrics: dict) -> str | None:
         text += (f" It averages {len(repeats)} networks per fold; single networks scored "
                  f"{_num(min(repeats))}–{_num(max(repeats))}.")
     if auc_d and auc_d.get("note"):
-        text += " The real images are not on an integer intensity grid (resampled), so there is nothing to dither."
+        text += f" Dithering: {auc_d['note']}."
     elif auc_d:
         gap = (auc["value"] or 0) - (auc_d["value"] or 0)
         text += (f" After dithering both sets onto the real intensity grid it is {_num(auc_d['value'])}"
@@ -250,12 +262,27 @@ def _classifier_sentence(metrics: dict) -> str | None:
     return text
 
 
+class _Html(str):
+    """A table cell that is already HTML (not escaped again)."""
+
+
+def _metric_cell(name: str) -> _Html:
+    """The metric's name linked to its entry in docs/metrics.md, its definition as the hover text."""
+    from ..metric_doc import link  # lazy: metric_doc reads this module's family titles
+
+    found = link(name)
+    if found is None:
+        return _Html(html.escape(name))
+    href, title = found
+    return _Html(f'<a href="{html.escape(href)}" title="{html.escape(title)}">{html.escape(name)}</a>')
+
+
 def _metric_table(metrics: dict[str, dict], names: list[str]) -> str:
     head = ("metric", "value", "95% CI", "real", "synthetic", "real vs real (mean ± sd)")
     rows = []
     for n in names:
         r = metrics[n]
-        rows.append((n, _num(r.get("value")), f"{_num(r.get('ci_low'))} – {_num(r.get('ci_high'))}",
+        rows.append((_metric_cell(n), _num(r.get("value")), f"{_num(r.get('ci_low'))} – {_num(r.get('ci_high'))}",
                      _num(r.get("real")), _num(r.get("synthetic")),
                      f"{_num(r.get('null_mean'))} ± {_num(r.get('null_sd'))}"))
     return _table(head, rows)
@@ -263,7 +290,8 @@ def _metric_table(metrics: dict[str, dict], names: list[str]) -> str:
 
 def _table(head, rows) -> str:
     th = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td>{c if isinstance(c, _Html) else html.escape(str(c))}</td>" for c in row)
+                   + "</tr>" for row in rows)
     return f"<table><tr>{th}</tr>{body}</table>"
 
 
@@ -299,7 +327,7 @@ def render_html(diag: dict, figures: dict[str, bytes]) -> str:
                "small differences" if s is not None and s < 0.3 else
                "clear differences" if s is not None and s < 0.6 else "large differences")
     h = ['<div class="headline"><h2>Headline</h2>']
-    h.append(f"<p><b>Severity {_num(s)}</b> (0 = as close as two halves of the real data, 1 = far outside; "
+    h.append(f"<p><b>Severity {_num(s)}</b> (0 = as close as two real sets of these sizes, 1 = far outside; "
              f"mean over {len(sev.get('components', {}))} metrics): "
              f"{verdict if s is not None else 'not computed'}.</p>")
     cls = _classifier_sentence(metrics)
@@ -335,6 +363,9 @@ def render_html(diag: dict, figures: dict[str, bytes]) -> str:
                      if n in SEVERITY_COMPONENTS or n in MEANING]
         if fam == "classifier":
             sentences = [_classifier_sentence(metrics)]
+        if fam == "utility" and diag.get("utility"):  # its own body: verdict, arms table, figures
+            sec.append(utility_section_body(diag["utility"], figures))
+            sentences, names = [], []
         sentences = [x for x in sentences if x]
         if sentences:
             sec.append("<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in sentences) + "</ul>")
@@ -347,18 +378,137 @@ def render_html(diag: dict, figures: dict[str, bytes]) -> str:
     zb = diag.get("zbins") or {}
     if zb:
         bins = sorted({b for v in zb.values() for b in v}, key=int)
-        rows = [(m, *(_num(zb[m].get(b)) for b in bins)) for m in zb]
+        rows = [(_metric_cell(m), *(_num(zb[m].get(b)) for b in bins)) for m in zb]
         parts.append("<h2>Per z-bin</h2><p>The same metrics within each z-bin (slice position), without CIs.</p>"
                      + _table(("metric", *(f"z-bin {b}" for b in bins)), rows))
     unit = (diag.get("resampling") or {}).get("real", "")
-    parts.append("<h2>How to read this</h2><p>Every metric is compared with the spread between two disjoint "
-                 "halves of the real set (subject-disjoint when subjects are known). A difference inside that "
-                 "range is not a finding. Severity maps each component's distance from the real-vs-real level "
-                 f"to [0, 1] (0 within {z0:g} null SDs) and averages them. Bootstrap CIs (95%, percentile) "
-                 f"and null halves resample the real set by {html.escape(unit or 'slices')}.</p>")
+    parts.append("<h2>How to read this</h2><p>Every metric is compared with its real-vs-real null: the same "
+                 "metric between two sets drawn from the real data at the sizes compared here, the real side in "
+                 "whole subjects as the real set was sampled, the synthetic side as independent slices. A "
+                 "difference inside that range is not a finding. Severity maps each component's distance from "
+                 f"the real-vs-real level to [0, 1] (0 within {z0:g} null SDs, SDs floored at each metric's "
+                 "resolution), counts a component the synthetic set cannot provide (no lesions) as 1, and "
+                 "averages them. Bootstrap CIs (95%) are centred on the value: the range of the metric's "
+                 "expected value at these sample sizes. The real set is resampled by "
+                 f"{html.escape(unit or 'slices')}.</p>")
     style = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em;color:#222}"
              "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px}"
              ".headline{background:#f4f6fa;padding:0.5em 1em;border-radius:6px}.note{color:#666}"
              "img{max-width:100%}")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>jsddpm diagnostics</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>\n")
+
+
+# ------------------------------------------------------------------------------------ utility
+UTILITY_METRIC_LABELS = {"dice": "Dice (lesion slices)", "sensitivity": "lesion-wise sensitivity",
+                         "fp_per_slice": "false positives per slice", "subject_dice": "per-subject Dice"}
+
+
+def utility_bars_figure(util: dict) -> bytes | None:
+    """One panel per metric: a bar per arm (seed mean) with its 95% CI and the per-seed values as dots."""
+    arms = util.get("arms") or {}
+    if not arms:
+        return None
+    fig, axes = _new_figure(len(UTILITY_METRIC_LABELS), width=3.4, height=3.0)
+    names = list(arms)
+    colours = [REAL_COLOUR if a.startswith("real") and "synthetic" not in a else
+               SYNTH_COLOUR if a == "synthetic" else "#9467bd" for a in names]
+    for ax, (metric, label) in zip(axes, UTILITY_METRIC_LABELS.items()):
+        recs = [arms[a][metric] for a in names]
+        vals = _arr([r["value"] for r in recs])
+        lo, hi = _arr([r["ci_low"] for r in recs]), _arr([r["ci_high"] for r in recs])
+        ax.bar(range(len(names)), np.nan_to_num(vals), color=colours, alpha=0.8,
+               yerr=[np.clip(np.nan_to_num(vals - lo), 0, None), np.clip(np.nan_to_num(hi - vals), 0, None)],
+               capsize=3)  # a percentile CI of a pooled ratio can miss its seed mean on tiny sets
+        for i, r in enumerate(recs):
+            seeds = _arr(r.get("seeds") or [])
+            ax.plot(np.full(len(seeds), i), seeds, "k.", ms=3)
+        ax.set_xticks(range(len(names)), [n.replace("_plus_", "+\n") for n in names], fontsize=7)
+        ax.set_title(label, fontsize=9)
+        ax.tick_params(labelsize=7)
+    fig.suptitle("13. Utility: segmenters scored on held-out real slices (bars: 95% CI; dots: seeds)",
+                 fontsize=10, y=1.04)
+    return _png(fig)
+
+
+def utility_examples_figure(examples: dict) -> bytes | None:
+    """Held-out real lesion slices: truth (red) and the predictions of the real-trained and the
+    synthetic-trained segmenter (first seed, cyan)."""
+    if "utility_images" not in examples:
+        return None
+    from matplotlib.figure import Figure
+
+    images = np.asarray(examples["utility_images"])
+    cols = [("truth", "utility_truth"), ("real-trained", "utility_pred_real"),
+            ("synthetic-trained", "utility_pred_synthetic")]
+    cols = [(t, k) for t, k in cols if k in examples]
+    fig = Figure(figsize=(1.9 * len(cols), 1.9 * len(images)))
+    for i, img in enumerate(images):
+        for j, (title, key) in enumerate(cols):
+            ax = fig.add_subplot(len(images), len(cols), i * len(cols) + j + 1)
+            ax.set_axis_off()
+            ax.imshow(img, cmap="gray", vmin=-1, vmax=1)
+            truth = np.asarray(examples["utility_truth"][i], dtype=float)
+            ax.contour(truth, levels=[0.5], colors="#ff3030", linewidths=0.8)
+            if key != "utility_truth":
+                pred = np.asarray(examples[key][i], dtype=float)
+                if pred.any():
+                    ax.contour(pred, levels=[0.5], colors="#00e5ff", linewidths=0.8)
+            if i == 0:
+                ax.set_title(title, fontsize=9)
+    return _png(fig)
+
+
+def utility_figures(util: dict | None, examples: dict) -> dict[str, bytes]:
+    out = {}
+    bars = utility_bars_figure(util or {})
+    if bars:
+        out["utility_bars"] = bars
+    ex = utility_examples_figure(examples)
+    if ex:
+        out["utility_examples"] = ex
+    return out
+
+
+def utility_section_body(util: dict, figures: dict[str, bytes]) -> str:
+    """The verdict, the arms table with CIs, the differences, the figures and how they were made."""
+    parts = [f"<p><b>{html.escape(util.get('verdict', ''))}</b></p>"]
+    head = ("arm", "real + synthetic slices", *UTILITY_METRIC_LABELS.values())
+
+    def cell(r):
+        return f"{_num(r['value'])} ({_num(r['ci_low'])} – {_num(r['ci_high'])})"
+
+    rows = [(a, f"{r['n_real']} + {r['n_synthetic']}", *(cell(r[m]) for m in UTILITY_METRIC_LABELS))
+            for a, r in util.get("arms", {}).items()]
+    rows += [(d, "paired difference", *(cell(r[m]) for m in UTILITY_METRIC_LABELS))
+             for d, r in util.get("differences", {}).items()]
+    parts.append(_table(head, rows))
+    if "utility_bars" in figures:
+        parts.append(_img(figures["utility_bars"], "utility metrics per arm"))
+    if "utility_examples" in figures:
+        parts.append("<p>Held-out real lesion slices: true lesion (red) and predictions (cyan) of the first "
+                     "real-trained and synthetic-trained segmenters.</p>"
+                     + _img(figures["utility_examples"], "example predictions"))
+    st, te = util.get("settings", {}), util.get("test", {})
+    parts.append(
+        f"<p class='note'>Each arm trains {len(st.get('seeds', []))} small UNets (seeds {st.get('seeds')}) for "
+        f"{st.get('steps')} steps of {st.get('batch_size')} slices, the same in every arm; scored on "
+        f"{te.get('n_slices')} held-out real slices ({te.get('n_lesion_slices')} with lesions, "
+        f"{te.get('n_lesions')} lesions). Value = mean over seeds; 95% CI over resampled "
+        f"{html.escape(str(te.get('resampling_unit', '')))} and seeds; differences are paired. Dice pools "
+        "the pixels of the lesion slices; sensitivity counts true lesions touched by a prediction; false "
+        "positives are predicted components touching no lesion, per slice.</p>")
+    return "".join(parts)
+
+
+def render_utility_page(util: dict, figures: dict[str, bytes]) -> str:
+    """The report of `jsddpm diagnose utility`: one self-contained page."""
+    sets = "".join(_set_line(label, util.get(key)) for label, key in
+                   (("Real training set", "train_set"), ("Synthetic set", "synthetic_set"),
+                    ("Real test set", "test_set")))
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em;color:#222}"
+             "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px}"
+             ".note{color:#666}img{max-width:100%}")
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>jsddpm utility</title><style>{style}"
+            f"</style></head><body><h1>Utility: does the synthetic data help a lesion segmenter?</h1>"
+            f"<ul>{sets}</ul>{utility_section_body(util, figures)}</body></html>\n")

@@ -2,6 +2,12 @@
 
 Per-sample losses have shape (B,) so that timestep weights can multiply them before the batch mean.
 `diffusion_loss` puts the pieces together as configured by `LossConfig`.
+
+Timestep weighting across prediction types. At fixed x_t an x0 error e shows in the network's target
+as k(t) e (`parameterization.x0_error_factor`), so |d target|^p = k^p |e|^p: a target-space Lp loss is
+an x0-space Lp loss with the timestep weight W(t) = k(t)^p. min-SNR replaces W by min(snr, gamma) for
+every type, i.e. the target-space weight min(snr, gamma) / k^p. The focal frequency loss, computed on
+the implied x0, gets the same W(t), so each arm's whole loss is W(t) times the x0 arm's loss.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from .parameterization import SIGMA_DATA
 from .schedule import NoiseSchedule
 
 
@@ -29,11 +36,18 @@ def lp_loss(
     """mean over (C, H, W) of w_c * w_pixel * |pred - target|^p, per sample (B,). Any p > 0.
 
     `channel_weights` has one entry per channel; `pixel_weights` broadcasts to (B, 1, H, W) (e.g. the
-    lesion map from `lesion_weight_map`).
+    lesion map from `lesion_weight_map`). For p < 1 the slope of |r|^p is infinite at r = 0 (autograd
+    would give 0 * inf = NaN there, and exact zeros are common: masks and background sit at +-1); the
+    gradient at exactly r = 0 is taken as 0, its value at r != 0 is unchanged.
     """
     if p <= 0:
         raise UserError(f"loss.p={p}: must be > 0; set loss.p")
-    err = (pred - target).abs().pow(p)
+    diff = (pred - target).abs()
+    if p < 1:
+        nonzero = diff > 0
+        err = torch.where(nonzero, torch.where(nonzero, diff, torch.ones_like(diff)).pow(p), torch.zeros_like(diff))
+    else:
+        err = diff.pow(p)
     if channel_weights is not None:
         w = torch.as_tensor(channel_weights, dtype=err.dtype, device=err.device)
         if w.numel() != err.shape[1]:
@@ -138,23 +152,27 @@ class UncertaintyWeighting(nn.Module):
 
 
 # ------------------------------------------------------------------------- min-SNR weights
-def min_snr_weights(schedule: NoiseSchedule, t: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
-    """Min-SNR-gamma (Hang et al. 2023) per-sample weights (B,) in the network's target space.
+def x0_space_weights(schedule: NoiseSchedule, t: torch.Tensor, prediction_type: str, p: float,
+                     gamma: float | None = None, sigma_data: float = SIGMA_DATA) -> torch.Tensor:
+    """W(t) (B,): the weight the configured spatial loss puts on |x0 error|^p at each timestep, i.e.
+    min(snr, gamma) with min-SNR, else the parameterisation's own k(t)^p."""
+    if gamma is not None:
+        return schedule.snr(t).clamp(max=gamma).to(device=t.device, dtype=torch.float32)
+    return schedule.x0_error_factor(t, prediction_type, sigma_data).pow(p).to(device=t.device, dtype=torch.float32)
 
-    The intended weight is min(snr, gamma) on the x0-space MSE; each target's error is a multiple of the
-    x0 error at fixed x_t, so the weight is divided by that multiple squared:
+
+def min_snr_weights(schedule: NoiseSchedule, t: torch.Tensor, gamma: float, prediction_type: str, *, p: float,
+                    sigma_data: float = SIGMA_DATA) -> torch.Tensor:
+    """Min-SNR-gamma (Hang et al. 2023) per-sample weights (B,) in the network's target space, for an Lp
+    loss of any p.
+
+    The intended weight is min(snr, gamma) on |x0 error|^p; the target error is k(t) times the x0 error at
+    fixed x_t (k = sqrt(snr) eps, 1 x0, sqrt(snr + 1) v, 1/c_out edm), so the weight is divided by k^p.
+    For p = 2 this is Hang et al.'s min(snr, gamma) / snr for eps and / (snr + 1) for v.
     """
     snr = schedule.snr(t)
-    clipped = snr.clamp(max=gamma)
-    if prediction_type == "epsilon":
-        w = clipped / snr  # eps = (x_t - a x0) / s  ->  |d eps|^2 = snr |d x0|^2
-    elif prediction_type == "sample":
-        w = clipped  # the target is x0 itself
-    elif prediction_type == "v":
-        w = clipped / (snr + 1)  # x0 = a x_t - s v  ->  |d v|^2 = |d x0|^2 / s^2 = (snr + 1) |d x0|^2
-    else:
-        raise UserError(f"diffusion.prediction_type={prediction_type}: unknown; use epsilon, sample or v")
-    return w.to(device=t.device, dtype=torch.float32)
+    k = schedule.x0_error_factor(t, prediction_type, sigma_data)
+    return (snr.clamp(max=gamma) / k.pow(p)).to(device=t.device, dtype=torch.float32)
 
 
 # ------------------------------------------------------------------------------- assembled
@@ -170,26 +188,31 @@ def diffusion_loss(
     *,
     joint_mask: bool,
     uncertainty: UncertaintyWeighting | None = None,
+    sigma_data: float = SIGMA_DATA,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The configured training loss (`loss_cfg` is a `LossConfig`) and its parts for logging.
 
-    All in float32. spatial = batch mean of [min-SNR weight *] Lp(pred, target) with channel and lesion-pixel weights;
-    frequency = ffl_weight * FFL(x0 implied by pred, x0) when ffl_weight > 0; the two groups are summed,
-    or combined by `uncertainty` when given.
+    All in float32. spatial = batch mean of [min-SNR weight *] Lp(pred, target) with channel and lesion-pixel
+    weights; frequency = ffl_weight * W(t) * FFL(x0 implied by pred, x0) when ffl_weight > 0, with W the
+    spatial term's x0-space timestep weight (`x0_space_weights`: without it the FFL of an eps arm grows
+    like 1/snr, ~1e8 at t = T-1 of the cosine schedule); the two groups are summed, or combined by
+    `uncertainty` when given.
     """
     pred = pred.float()  # loss maths in fp32 even when the network ran under bf16 / fp16 autocast
-    target = schedule.training_target(x0, noise, t, prediction_type)
+    target = schedule.training_target(x0, noise, t, prediction_type, sigma_data)
     channel_w = channel_weight_vector(loss_cfg.channel_weights, x0.shape[1], joint_mask)
     pixel_w = lesion_weight_map(x0[:, -1:], loss_cfg.lesion_weight) if joint_mask else None
     spatial = lp_loss(pred, target, loss_cfg.p, channel_w, pixel_w)
-    if loss_cfg.min_snr_gamma is not None:
-        spatial = spatial * min_snr_weights(schedule, t, loss_cfg.min_snr_gamma, prediction_type)
+    gamma = loss_cfg.min_snr_gamma
+    if gamma is not None:
+        spatial = spatial * min_snr_weights(schedule, t, gamma, prediction_type, p=loss_cfg.p, sigma_data=sigma_data)
     parts = {"loss_spatial": spatial.mean()}
     if loss_cfg.ffl_weight > 0:
-        x0_pred = schedule.to_x0(pred, x_t, t, prediction_type)
+        x0_pred = schedule.to_x0(pred, x_t, t, prediction_type, sigma_data)
         ffl = focal_frequency_loss(
             x0_pred, x0, loss_cfg.ffl_alpha, loss_cfg.ffl_patch_factor, loss_cfg.ffl_log_weight
         )
+        ffl = ffl * x0_space_weights(schedule, t, prediction_type, loss_cfg.p, gamma, sigma_data)
         parts["loss_frequency"] = loss_cfg.ffl_weight * ffl.mean()
     if uncertainty is None:
         total = sum(parts.values())

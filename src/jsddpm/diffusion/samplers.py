@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..errors import UserError
-from .parameterization import check_prediction_type
+from .parameterization import SIGMA_DATA, check_prediction_type
 from .schedule import NoiseSchedule
 
 SPACINGS = ("quadratic", "linear")
@@ -227,15 +227,19 @@ def sample(
     dtype=None,
     progress: Callable[[int, int], None] | None = None,
     spacing: str = "quadratic",
+    sigma_data: float = SIGMA_DATA,
 ) -> torch.Tensor:
     """Draw x0 of `shape` by running `sampler` for `steps` respaced steps.
 
-    denoiser(x_t, t[, self_cond=x0_prev][, drop_cond=True]) returns the `prediction_type` output for a
-    LongTensor t of shape (B,). With guidance_scale != 1 the prediction is uncond + s (cond - uncond):
+    denoiser(x_in, t[, self_cond=x0_prev][, drop_cond=True]) returns the `prediction_type` output for a
+    LongTensor t of shape (B,); x_in is x_t, or for edm x_t / sqrt(1 - abar + abar sigma_data^2) (EDM's
+    c_in x_t / sqrt(abar), see parameterization.py), so a network trained by jsddpm needs no wrapper.
+    With guidance_scale != 1 the prediction is uncond + s (cond - uncond):
     a plain callable is called twice (the second time with drop_cond=True); one with `batched_cfg = True`
     (e.g. `ConditionedDenoiser(net, label=..., z=..., prior=...)`) once, on the doubled batch.
     `generator`: one torch.Generator, or a list with one per sample (then sample i depends on generator i
-    only). `progress(i, n)` is called after each step. `spacing`: see `spaced_timesteps`.
+    only). `progress(i, n)` is called after each step. `spacing`: see `spaced_timesteps`. `eta` is DDIM's
+    (the config refuses it with the other samplers: ddpm is always ancestral, dpmpp_2m deterministic).
     Returns the final x0 estimate (clipped to [-1, 1] with clip_x0).
     """
     check_prediction_type(prediction_type)
@@ -251,8 +255,10 @@ def sample(
     n = len(stepper.timesteps)
     for i, t_value in enumerate(stepper.timesteps.tolist()):
         t = torch.full((x.shape[0],), t_value, dtype=torch.long, device=x.device)
-        pred = _guided_prediction(denoiser, x, t, x0_prev, guidance_scale).to(dtype)
-        x0, eps = schedule.x0_and_eps(pred, x, t, prediction_type)
+        x_in = schedule.network_input(x, t, prediction_type, sigma_data)
+        # guidance on the raw output equals guidance on x0: x0 is affine in it with the same x_t term
+        pred = _guided_prediction(denoiser, x_in, t, x0_prev, guidance_scale).to(dtype)
+        x0, eps = schedule.x0_and_eps(pred, x, t, prediction_type, sigma_data)
         if clip_x0:
             x0 = x0.clamp(-1.0, 1.0)
             eps = schedule.eps_from_x0(x0, x, t)

@@ -79,34 +79,81 @@ class NoiseSchedule:
         ab = self.alphas_cumprod.index_select(0, t.cpu())
         return ab / (1 - ab)
 
+    def log_sigma(self) -> torch.Tensor:
+        """ln sigma_t = ln(s / a) = 0.5 ln((1 - abar_t) / abar_t) for t = 0..T-1, float64, increasing in t."""
+        ab = self.alphas_cumprod
+        return 0.5 * torch.log((1 - ab) / ab)
+
     # ------------------------------------------------------------------- forward process
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise."""
         return self.coef("a", t, x0) * x0 + self.coef("s", t, x0) * noise
 
-    def training_target(self, x0, noise, t, prediction_type: str) -> torch.Tensor:
-        return param.target_from(x0, noise, self.coef("a", t, x0), self.coef("s", t, x0), prediction_type)
+    def _a_s(self, t, like):
+        return self.coef("a", t, like), self.coef("s", t, like)
+
+    def training_target(self, x0, noise, t, prediction_type: str, sigma_data: float = param.SIGMA_DATA):
+        return param.target_from(x0, noise, *self._a_s(t, x0), prediction_type, sigma_data)
+
+    def network_input(self, x_t, t, prediction_type: str, sigma_data: float = param.SIGMA_DATA) -> torch.Tensor:
+        """What the network is fed at (x_t, t): x_t, or x_t / r for edm (see parameterization.py)."""
+        return param.network_input(x_t, *self._a_s(t, x_t), prediction_type, sigma_data)
+
+    def x0_error_factor(self, t, prediction_type: str, sigma_data: float = param.SIGMA_DATA) -> torch.Tensor:
+        """k(t), float64, shape (B,): |d target| = k |d x0| at fixed x_t."""
+        ab = self.alphas_cumprod.index_select(0, t.cpu())
+        return param.x0_error_factor(ab.sqrt(), (1 - ab).sqrt(), prediction_type, sigma_data)
 
     # --------------------------------------------------------------------------- conversions
-    def x0_and_eps(self, pred, x_t, t, prediction_type: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def x0_and_eps(self, pred, x_t, t, prediction_type: str,
+                   sigma_data: float = param.SIGMA_DATA) -> tuple[torch.Tensor, torch.Tensor]:
         """(x0, eps) implied by a network output of the given type at (x_t, t)."""
-        return param.x0_eps_from(pred, x_t, self.coef("a", t, x_t), self.coef("s", t, x_t), prediction_type)
+        return param.x0_eps_from(pred, x_t, *self._a_s(t, x_t), prediction_type, sigma_data)
 
-    def to_x0(self, pred, x_t, t, prediction_type: str) -> torch.Tensor:
-        return self.x0_and_eps(pred, x_t, t, prediction_type)[0]
+    def to_x0(self, pred, x_t, t, prediction_type: str, sigma_data: float = param.SIGMA_DATA) -> torch.Tensor:
+        return self.x0_and_eps(pred, x_t, t, prediction_type, sigma_data)[0]
 
-    def to_eps(self, pred, x_t, t, prediction_type: str) -> torch.Tensor:
-        return self.x0_and_eps(pred, x_t, t, prediction_type)[1]
+    def to_eps(self, pred, x_t, t, prediction_type: str, sigma_data: float = param.SIGMA_DATA) -> torch.Tensor:
+        return self.x0_and_eps(pred, x_t, t, prediction_type, sigma_data)[1]
 
-    def to_v(self, pred, x_t, t, prediction_type: str) -> torch.Tensor:
-        x0, eps = self.x0_and_eps(pred, x_t, t, prediction_type)
-        return param.target_from(x0, eps, self.coef("a", t, x_t), self.coef("s", t, x_t), "v")
+    def to_v(self, pred, x_t, t, prediction_type: str, sigma_data: float = param.SIGMA_DATA) -> torch.Tensor:
+        x0, eps = self.x0_and_eps(pred, x_t, t, prediction_type, sigma_data)
+        return param.target_from(x0, eps, *self._a_s(t, x_t), "v")
 
     def eps_from_x0(self, x0, x_t, t) -> torch.Tensor:
         """eps consistent with x_t = a x0 + s eps (used after clipping x0)."""
         return (x_t - self.coef("a", t, x_t) * x0) / self.coef("s", t, x_t)
 
 
-def training_target(x0, noise, t, schedule: NoiseSchedule, prediction_type: str) -> torch.Tensor:
-    """What the network regresses: eps, x0 or v = sqrt(abar) eps - sqrt(1 - abar) x0."""
-    return schedule.training_target(x0, noise, t, prediction_type)
+def training_target(x0, noise, t, schedule: NoiseSchedule, prediction_type: str,
+                    sigma_data: float = param.SIGMA_DATA) -> torch.Tensor:
+    """What the network regresses: eps, x0, v = sqrt(abar) eps - sqrt(1 - abar) x0, or EDM's F."""
+    return schedule.training_target(x0, noise, t, prediction_type, sigma_data)
+
+
+# ------------------------------------------------------------------- training timesteps
+T_SAMPLINGS = ("uniform", "lognormal")
+P_MEAN, P_STD = -1.2, 1.2  # EDM's log-normal over sigma (Karras et al. 2022, Table 1)
+
+
+def sample_timesteps(schedule: NoiseSchedule, n: int, method: str = "uniform", *, p_mean: float = P_MEAN,
+                     p_std: float = P_STD, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """n training timesteps (LongTensor) drawn from torch's RNG (or `generator`), so that a training step
+    that re-seeds the RNG draws them again on resume.
+
+    "uniform": t ~ U{0..T-1}. "lognormal": ln sigma ~ N(p_mean, p_std^2), then the timestep whose
+    ln sigma_t is nearest (draws beyond either end land on t = 0 or T-1): the discrete law is
+    P(t) = Phi((m_t+ - p_mean) / p_std) - Phi((m_t- - p_mean) / p_std), with m_t-/+ the midpoints of
+    ln sigma_t and its neighbours (-inf / +inf at the ends).
+    """
+    T = schedule.timesteps
+    if method == "uniform":
+        return torch.randint(0, T, (n,), device=device, generator=generator)
+    if method == "lognormal":
+        gen_device = generator.device if generator is not None else device
+        z = torch.randn(n, device=gen_device, generator=generator)
+        log_sigma = p_mean + p_std * z.cpu().double()
+        grid = schedule.log_sigma()
+        midpoints = 0.5 * (grid[1:] + grid[:-1])  # boundaries between neighbouring timesteps
+        return torch.searchsorted(midpoints, log_sigma).to(device)
+    raise UserError(f"diffusion.t_sampling={method}: unknown; use one of {', '.join(T_SAMPLINGS)}")

@@ -15,10 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-
-def derive_seed(*keys: int) -> int:
-    """A well-mixed 63-bit seed from a tuple of non-negative integers."""
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+from ..seeding import derive_seed
 
 
 class EpochSampler(Sampler):

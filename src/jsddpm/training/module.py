@@ -84,13 +84,13 @@ class DiffusionModule(L.LightningModule):
         self.position = (self.current_epoch, batch_idx + 1)
         x0 = batch["x"]
         b = x0.shape[0]
-        t = torch.randint(0, self.schedule.timesteps, (b,), device=self.device)
+        t = self.objective.timesteps(b, self.device)
         noise = torch.randn_like(x0)
         x_t = self.schedule.q_sample(x0, t, noise)
         drop = torch.rand(b, device=self.device) < self.cfg.diffusion.condition_dropout
         cond = self.conditions(batch, drop)
         self_cond = self.objective.self_condition(self.net, x_t, t, cond)
-        pred = self.net(x_t, t, self_cond=self_cond, **cond)
+        pred = self.net(self.objective.network_input(x_t, t), t, self_cond=self_cond, **cond)
         loss, terms = self.objective(pred, x0, noise, x_t, t)
         self.log("train/loss", loss, prog_bar=True)
         self.log_dict({f"train/{k}": v for k, v in terms.items()})
@@ -123,7 +123,7 @@ class DiffusionModule(L.LightningModule):
             noise = torch.randn(x0.shape, generator=g, device=x0.device, dtype=x0.dtype)
             t = torch.full((x0.shape[0],), t_value, device=x0.device, dtype=torch.long)
             x_t = self.schedule.q_sample(x0, t, noise)
-            pred = self.ema(x_t, t, **self.conditions(batch))
+            pred = self.ema(self.objective.network_input(x_t, t), t, **self.conditions(batch))
             losses.append(self.objective.validation_loss(pred, x0, noise, t))
             self.log(f"val/loss_t{t_value}", losses[-1], sync_dist=True)
         self.log("val/loss", torch.stack(losses).mean(), prog_bar=True, sync_dist=True)
@@ -167,6 +167,8 @@ class DiffusionModule(L.LightningModule):
             "config": to_container(self.cfg),
             "priors": self.priors,
             "classes": self.classes,
+            # the cache's voxel spacing (x, y, z) in mm, plain floats (None for image folders): NIfTI export
+            "spacing_mm": None if self.cache is None else self.cache.stats.get("spacing_mm"),
             "sampler": {"seed": int(self.cfg.train.seed), "epoch": int(self.position[0]),
                         "batches_done": int(self.position[1])},
             "rng": rng_states(),

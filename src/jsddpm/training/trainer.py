@@ -7,14 +7,17 @@ come from Lightning.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import shutil
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import UserError
+from ..errors import Interrupted, UserError
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -36,7 +39,7 @@ def build_trainer(cfg: Any, out_dir: Path, has_val: bool, extra_callbacks=()):
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    from .callbacks import SampleGrid
+    from .callbacks import SampleGrid, progress_callbacks
 
     t = cfg.train
     accelerator = resolve_accelerator(str(t.accelerator))
@@ -46,6 +49,7 @@ def build_trainer(cfg: Any, out_dir: Path, has_val: bool, extra_callbacks=()):
         ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True,
                         every_n_train_steps=t.ckpt_every_n_steps or None, save_on_train_epoch_end=True),
         SampleGrid(out_dir / "samples", t.sample_every_n_epochs, t.sample_grid_steps),
+        *progress_callbacks(bool(t.progress_bar)),  # a bar in a terminal, plain lines in a log
         *extra_callbacks,
     ]
     if has_val:
@@ -67,7 +71,7 @@ def build_trainer(cfg: Any, out_dir: Path, has_val: bool, extra_callbacks=()):
 def _trainer(L, t, accelerator: str, callbacks: list, out_dir: Path, has_val: bool):
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    from .callbacks import AtomicCheckpointIO
+    from .callbacks import AtomicCheckpointIO, ReadableProgressBar
 
     return L.Trainer(
         accelerator=accelerator,
@@ -90,7 +94,7 @@ def _trainer(L, t, accelerator: str, callbacks: list, out_dir: Path, has_val: bo
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,  # the module's samplers shard by rank themselves
         enable_model_summary=False,
-        enable_progress_bar=bool(t.progress_bar),
+        enable_progress_bar=any(isinstance(c, ReadableProgressBar) for c in callbacks),
         default_root_dir=out_dir,
     )
 
@@ -114,10 +118,14 @@ def resume_path(cfg: Any, out_dir: Path) -> Path | None:
 
 def check_resume_compatible(cfg: Any, ckpt_path: Path) -> None:
     """The network and objective must match the checkpoint's; schedule lengths etc. may change."""
-    from ..config import to_container
-    from ..generation import load_checkpoint
+    from ..checkpoint import load_checkpoint
+    from ..config import from_container, to_container
 
     stored = load_checkpoint(ckpt_path)["jsddpm"]["config"]
+    try:  # keys added since the checkpoint was written take their defaults, as the run that wrote it had
+        stored = to_container(from_container(stored))
+    except UserError:
+        pass  # a stored value today's checks refuse: compare the raw sections
     now = to_container(cfg)
     for section in ("model", "diffusion", "loss"):
         if stored.get(section) != now.get(section):
@@ -171,15 +179,48 @@ def check_cache_compatible(cfg: Any, cache) -> None:
             raise UserError(f"{where}: {msg}; rebuild the cache or fix the config")
 
 
+@contextlib.contextmanager
+def run_folder(out_dir: Path, owner: bool):
+    """The training folder for the body: locked against a second run; stale checkpoint temp files of a
+    killed run removed; a fresh run that fails before writing any checkpoint leaves no folder behind."""
+    from ..io import output_lock
+
+    if not owner:  # DDP ranks > 0: rank 0 owns the folder
+        yield
+        return
+    with output_lock(out_dir):
+        fresh = not out_dir.exists()
+        empty_before = fresh or not any(out_dir.iterdir())
+        for stale in (out_dir / CHECKPOINT_DIR).glob(".*.tmp-*"):
+            stale.unlink(missing_ok=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            yield
+        except BaseException:
+            if empty_before and not any((out_dir / CHECKPOINT_DIR).glob("*.ckpt")):
+                for child in out_dir.iterdir():
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child, ignore_errors=True)
+                    else:
+                        child.unlink(missing_ok=True)
+                if fresh:
+                    with contextlib.suppress(OSError):
+                        out_dir.rmdir()
+            raise
+
+
 def train(cfg: Any, callbacks=()) -> Path:
     """The `jsddpm train` stage (`callbacks`: extra Lightning callbacks). Returns the output folder."""
     import lightning as L
     from lightning.pytorch.utilities import rank_zero_only
 
+    from .. import quiet
     from ..data.cache import load_cache
     from ..io import write_run_record
+    from .callbacks import TrainingGuard
     from .module import DiffusionModule
 
+    quiet.install()  # Lightning's banners and torch's deprecations in Lightning's code are not ours
     check_train_config(cfg)
     if not cfg.data.cache_dir:
         raise UserError("data.cache_dir is empty; set it to a slice cache built by `jsddpm cache`")
@@ -189,22 +230,35 @@ def train(cfg: Any, callbacks=()) -> Path:
     ckpt_path = resume_path(cfg, out_dir)
     if ckpt_path is not None:
         check_resume_compatible(cfg, ckpt_path)
-    if rank_zero_only.rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_run_record(out_dir, cfg)
     if cfg.train.cpu_threads > 0:
         torch.set_num_threads(int(cfg.train.cpu_threads))
     L.seed_everything(int(cfg.train.seed), workers=True, verbose=False)
-    module = DiffusionModule(cfg, cache)
+    module = DiffusionModule(cfg, cache)  # builds (and so checks) the network before anything is written
     has_val = len(cache.indices("val")) > 0
-    if not has_val and rank_zero_only.rank == 0:
-        print(f"train: {cache.root} has no val split: no validation, early stopping or best.ckpt")
-    trainer = build_trainer(cfg, out_dir, has_val=has_val, extra_callbacks=callbacks)
-    with warnings.catch_warnings():
-        # EpochSampler resumes mid-epoch by itself; the EMA copy is in eval mode on purpose
-        warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
-        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
-        trainer.fit(module, ckpt_path=ckpt_path)
+    if rank_zero_only.rank == 0:
+        if not has_val:
+            print(f"train: {cache.root} has no val split: no validation, early stopping or best.ckpt")
+        n_train = len(cache.indices("train"))
+        if cfg.train.batch_size > n_train:
+            print(f"train: warning: train.batch_size={cfg.train.batch_size} is larger than the {n_train} train "
+                  "slices; every batch repeats slices", file=sys.stderr)
+    guard = TrainingGuard(out_dir / CHECKPOINT_DIR / "last.ckpt", check_grads=str(cfg.train.precision) != "16-mixed",
+                          fix="lower train.lr or keep train.grad_clip > 0, then resume with train.resume=auto")
+    trainer = build_trainer(cfg, out_dir, has_val=has_val, extra_callbacks=[guard, *callbacks])
+    with run_folder(out_dir, rank_zero_only.rank == 0):
+        if rank_zero_only.rank == 0:
+            write_run_record(out_dir, cfg)
+        with warnings.catch_warnings(), guard.handle_signals():
+            # EpochSampler resumes mid-epoch by itself; the EMA copy is in eval mode on purpose
+            warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
+            warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+            try:
+                trainer.fit(module, ckpt_path=ckpt_path)
+            except SystemExit:  # Lightning's own exit on a second Ctrl+C or on SIGTERM at an epoch end
+                if guard.signal is None:
+                    raise
+                raise Interrupted(f"{guard.signal}: stopped; continue with the same command and "
+                                  "train.resume=auto") from None
     if trainer.is_global_zero:
         print(f"train: {trainer.global_step} steps -> {out_dir / CHECKPOINT_DIR}")
     return out_dir

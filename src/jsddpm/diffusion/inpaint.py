@@ -1,0 +1,131 @@
+"""Sampling with part of x0 known: inpainting (RePaint) and SDEdit, over the samplers of samplers.py.
+
+Inpainting (Lugmayr et al. 2022). A bool `keep` marks the known elements of a `source` x0. Before every
+network call at timestep t the known part of x_t is replaced by the forward-noised source,
+
+    x_t[keep] = sqrt(abar_t) source + sqrt(1 - abar_t) z,      z ~ N(0, I) fresh at each call,
+
+so the network sees a sample of q(x_t | source) there and generates the rest to match it. After the last
+step (abar = 1) the known part is the source itself, exactly. With `resample` = r, each step is taken
+r + 1 times: after each try but the last, x is pushed back from the next noise level to the current one
+with the forward kernel q(x_t | x_next) = N(sqrt(abar_t / abar_next) x_next, (1 - abar_t / abar_next) I)
+and the step is redone, which lets the generated part harmonise with the known part across the seam.
+Cost: (1 + r) network calls per step.
+
+SDEdit (Meng et al. 2022). `strength` S in [0, 1] runs only the last round(S * steps) steps of the
+respaced step list, starting from the source noised to that step's level; S = 1 starts from pure noise
+and is exactly `samplers.sample` (same draws from the same generators), S small keeps the source's
+structure, and zero steps return the source.
+
+`sample_known` follows `samplers.sample`'s contract (denoiser, generators, guidance, self-conditioning,
+clipping, parameterisation); with neither `keep` nor strength < 1 it returns the same tensor.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+
+import torch
+
+from ..errors import UserError
+from .parameterization import SIGMA_DATA, check_prediction_type
+from .samplers import SAMPLERS, GeneratorArg, _guided_prediction, randn
+from .schedule import NoiseSchedule
+
+
+def noised(x0: torch.Tensor, abar: float, noise: torch.Tensor) -> torch.Tensor:
+    """A draw of q(x_t | x0) = N(sqrt(abar) x0, (1 - abar) I) at cumulative alpha `abar`."""
+    return math.sqrt(abar) * x0 + math.sqrt(1.0 - abar) * noise
+
+
+def renoised(x_next: torch.Tensor, abar: float, abar_next: float, noise: torch.Tensor) -> torch.Tensor:
+    """A draw of q(x_t | x_next), from the less noisy level abar_next back up to abar (<= abar_next)."""
+    ratio = abar / abar_next
+    return math.sqrt(ratio) * x_next + math.sqrt(max(1.0 - ratio, 0.0)) * noise
+
+
+def replace_known(x: torch.Tensor, source: torch.Tensor, keep: torch.Tensor | None, abar: float,
+                  generator: GeneratorArg) -> torch.Tensor:
+    """x with its `keep` part replaced by a fresh draw of the source noised to `abar` (abar = 1: the source)."""
+    if keep is None:
+        return x
+    known = source if abar >= 1.0 else noised(source, abar, randn(x.shape, generator, x.device, x.dtype))
+    return torch.where(keep, known, x)
+
+
+def steps_for_strength(steps: int, strength: float) -> int:
+    """How many of the last steps SDEdit runs at `strength` in [0, 1]."""
+    if not 0.0 <= strength <= 1.0:
+        raise UserError(f"sample.strength={strength}: must be in [0, 1]; set sample.strength")
+    return int(round(strength * steps))
+
+
+@torch.no_grad()
+def sample_known(
+    denoiser: Callable,
+    source: torch.Tensor,
+    schedule: NoiseSchedule,
+    *,
+    keep: torch.Tensor | None = None,
+    strength: float = 1.0,
+    resample: int = 0,
+    prediction_type: str,
+    sampler: str = "ddpm",
+    steps: int,
+    eta: float = 0.0,
+    generator: GeneratorArg = None,
+    clip_x0: bool = True,
+    self_conditioning: bool = False,
+    guidance_scale: float = 1.0,
+    device=None,
+    dtype=None,
+    spacing: str = "quadratic",
+    sigma_data: float = SIGMA_DATA,
+) -> torch.Tensor:
+    """x0 of `source`'s shape, with `keep` (bool, broadcastable to it) equal to the source and the rest
+    generated (RePaint, `resample` re-noising jumps per step); `strength` < 1 starts from the noised
+    source instead of pure noise (SDEdit). The other arguments are `samplers.sample`'s."""
+    check_prediction_type(prediction_type)
+    if sampler not in SAMPLERS:
+        raise UserError(f"sample.sampler={sampler}: unknown; use one of {', '.join(SAMPLERS)}")
+    if eta < 0:
+        raise UserError(f"sample.eta={eta}: must be >= 0; set sample.eta")
+    if resample < 0:
+        raise UserError(f"inpaint.resample={resample}: must be >= 0; set inpaint.resample")
+    stepper = SAMPLERS[sampler](schedule, steps, eta, spacing)
+    dtype = dtype or torch.float32
+    device = device or source.device
+    source = source.to(device=device, dtype=dtype)
+    if keep is not None:
+        keep = keep.to(device=device, dtype=torch.bool).expand_as(source)
+    n = len(stepper.timesteps)
+    first = n - steps_for_strength(n, strength)
+    if first == n:
+        return source.clone()
+    x = randn(source.shape, generator, device, dtype)
+    if first > 0:
+        x = noised(source, stepper.abar[first], x)
+    x0_prev = torch.zeros_like(x) if self_conditioning else None
+    for i in range(first, n):
+        t = torch.full((x.shape[0],), int(stepper.timesteps[i]), dtype=torch.long, device=device)
+        for attempt in range(resample + 1):
+            x = replace_known(x, source, keep, stepper.abar[i], generator)
+            x_in = schedule.network_input(x, t, prediction_type, sigma_data)
+            pred = _guided_prediction(denoiser, x_in, t, x0_prev, guidance_scale).to(dtype)
+            x0, eps = schedule.x0_and_eps(pred, x, t, prediction_type, sigma_data)
+            if clip_x0:
+                x0 = x0.clamp(-1.0, 1.0)
+                eps = schedule.eps_from_x0(x0, x, t)
+            noise = randn(x.shape, generator, device, dtype) if stepper.needs_noise(i) else None
+            # a multistep solver extrapolates from its previous x0; a re-noised x has a fresh trajectory
+            # (no history: a first-order step), and every try of step i starts from the state before it
+            trial = SAMPLERS[sampler](schedule, steps, eta, spacing) if attempt else copy.copy(stepper)
+            x_next = trial.step(i, x, x0, eps, noise)
+            if self_conditioning:
+                x0_prev = x0
+            if attempt < resample:
+                x = renoised(x_next, stepper.abar[i], stepper.abar_next[i], randn(x.shape, generator, device, dtype))
+        stepper, x = trial, x_next
+    return replace_known(x, source, keep, 1.0, generator)

@@ -1,0 +1,254 @@
+"""The `jsddpm inpaint` stage: a new lesion and its exact mask inpainted into real lesion-free slices.
+
+For each result k the source is a lesion-free slice of the cache's split (in an order shuffled by
+sample.seed; k cycles through them, `index` counts the rounds), and everything random about it (the
+target mask's choice, flip, rotation and place, the sampler's noise) is seeded by (sample.seed, source
+row, index): a result does not depend on --n, the batch size or the other results.
+
+Sources are restricted to z-bins where training slices have lesions. Target masks: `bank` takes a real
+lesion mask of the train split at the source's z-bin from another subject (the nearest z-bins that
+have one when only the source's own subject has one there); `generated` draws one from the model for
+the lesion class at the source's z-bin. Either is flipped left-right at random, rotated by a uniform
+angle and placed at a uniform position where it lies wholly inside the source's brain ROI and the
+support of the z-bin's prior map.
+
+Sampling (`diffusion.inpaint.sample_known`): known are the image outside the target mask dilated by
+inpaint.dilate_px and the whole mask channel (= the target); class = lesion, z = the source's position,
+prior = the source's z-bin's. The result's mask channel is the target exactly and its image equals the
+source exactly outside the dilated mask.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from ..checkpoint import load_checkpoint, model_from_checkpoint, priors_from_checkpoint
+from ..errors import UserError
+from ..imaging import image_rgb, mask_rgb, save_png, tile_grid, to_uint8
+from .outputs import write_samples
+from .sampling import NonFiniteSamples, check_finite, postprocess, sample_batch
+from .sources import diffusion_data, open_source_cache
+from .stage import check_finite_weights, check_output_folder, resolve_generation_config
+
+MASK_SOURCES = ("bank", "generated")
+GENERATED_MASK_TRIES = 3  # draws per result before `generated` gives up on an empty mask
+
+
+# --------------------------------------------------------------------------------- target masks
+def lesion_label(classes: list[str], num_classes: int) -> int:
+    """The class index results are drawn with: "lesion" (data.slice_label=lesion), or 0 without classes."""
+    if num_classes == 0:
+        return 0
+    if "lesion" not in classes:
+        raise UserError(f"the checkpoint's classes are {classes}, with no 'lesion' class; inpaint needs a model "
+                        "trained with data.slice_label=lesion")
+    return classes.index("lesion")
+
+
+def crop_to_content(mask: np.ndarray) -> np.ndarray:
+    ys, xs = np.nonzero(mask)
+    return mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+
+
+def place_mask(mask: np.ndarray, allowed: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+    """`mask` (bool, non-empty) flipped left-right with probability 1/2, rotated by a uniform angle and
+    put at a uniform position where all of it lies inside `allowed`; None when it fits nowhere."""
+    shape = crop_to_content(mask)
+    if rng.random() < 0.5:
+        shape = shape[:, ::-1]
+    # padded and interpolated linearly, then cut at 1/2: keeps the area (nearest-neighbour rotation of a
+    # small mask loses up to half of it at the edges)
+    padded = np.pad(shape.astype(np.float32), 2)
+    shape = ndimage.rotate(padded, rng.uniform(0.0, 360.0), order=1, reshape=True) >= 0.5
+    if not shape.any():
+        return None
+    shape = crop_to_content(shape)
+    h, w = shape.shape
+    H, W = allowed.shape
+    if h > H or w > W:
+        return None
+    # top-left corners (y, x) at which every mask pixel lands on an allowed pixel
+    outside = (~allowed).astype(np.float32)
+    hits = ndimage.correlate(outside, shape.astype(np.float32), mode="constant", cval=1.0,
+                             origin=(-(h // 2), -(w // 2)))
+    corners = np.argwhere(hits[:H - h + 1, :W - w + 1] < 0.5)
+    if len(corners) == 0:
+        return None
+    y, x = corners[rng.integers(len(corners))]
+    placed = np.zeros_like(allowed)
+    placed[y:y + h, x:x + w] = shape
+    return placed if not (placed & ~allowed).any() else None
+
+
+def allowed_regions(images: np.ndarray, zbins: np.ndarray, priors, diag_cfg) -> np.ndarray:
+    """(n, H, W) bool: the sources' brain ROI inside the support of their z-bin's prior map."""
+    from ..diagnostics.regions import brain_roi, gray
+
+    roi = brain_roi(gray(images), None, diag_cfg)
+    if priors is None:
+        return roi
+    return roi & (np.asarray(priors)[zbins] > 0)
+
+
+def bank_candidates(cache, zbin: int, subject: str) -> np.ndarray:
+    """Train-split lesion slices of other subjects at `zbin`, else at the nearest z-bins that have some."""
+    idx = cache.index
+    rows = np.flatnonzero((idx["split"] == "train") & (idx["has_lesion"] == 1) & (idx["subject_id"] != subject))
+    if len(rows) == 0:
+        raise UserError(f"{cache.root}: no lesion mask of another training subject for the bank; "
+                        "use --masks generated")
+    distance = np.abs(idx["zbin"][rows] - zbin)
+    return rows[distance == distance.min()]
+
+
+def bank_mask(cache, zbin: int, subject: str, allowed: np.ndarray, rng, tries: int) -> np.ndarray | None:
+    candidates = bank_candidates(cache, zbin, subject)
+    for _ in range(tries):
+        row = candidates[rng.integers(len(candidates))]
+        placed = place_mask(np.asarray(cache.masks[row, 0]) > 0, allowed, rng)
+        if placed is not None:
+            return placed
+    return None
+
+
+# ------------------------------------------------------------------------------------ the stage
+def source_order(cache, split: str, seed: int) -> np.ndarray:
+    """Lesion-free rows of the split at z-bins where training slices have lesions (elsewhere neither the
+    bank nor the model has a lesion to offer), shuffled by the seed: result k uses row k % len, round
+    k // len."""
+    from ..seeding import derive_seed
+
+    idx = cache.index
+    lesion_zbins = np.unique(idx["zbin"][(idx["split"] == "train") & (idx["has_lesion"] == 1)])
+    rows = cache.indices(split)
+    rows = rows[(idx["has_lesion"][rows] == 0) & np.isin(idx["zbin"][rows], lesion_zbins)]
+    if len(rows) == 0:
+        raise UserError(f"{cache.root}: the {split} split has no lesion-free slice at a z-bin where training "
+                        "slices have lesions; choose another --split")
+    return np.random.default_rng(derive_seed(seed, 7)).permutation(rows)
+
+
+def inpaint_batch(net, cfg, ckpt: dict, cache, rows, seeds, label: int, masks: str, device) -> dict:
+    """Results for one batch of source rows with their per-result seeds: per-sample arrays."""
+    from ..model import data_channels
+    from ..seeding import derive_seed
+
+    zbins = cache.index["zbin"][rows]
+    priors = priors_from_checkpoint(ckpt)
+    src = diffusion_data(cache, rows, bool(cfg.model.joint_mask))
+    image_channels = data_channels(cfg) - 1
+    allowed = allowed_regions(src[:, :image_channels], zbins, priors, cfg.diagnostics)
+    labels = np.full(len(rows), label, np.int64)
+    z = cache.index["z_norm"][rows].astype(np.float32)
+    targets = np.zeros((len(rows), *allowed.shape[1:]), bool)
+    missing = list(range(len(rows)))
+    rngs = [np.random.default_rng([int(s), 1]) for s in seeds]
+    if masks == "bank":
+        for k in missing:
+            placed = bank_mask(cache, int(zbins[k]), str(cache.index["subject_id"][rows[k]]), allowed[k], rngs[k],
+                               int(cfg.inpaint.placement_tries))
+            if placed is None:
+                raise UserError(f"{cache.root}: no bank lesion mask fits inside the brain of slice {rows[k]} "
+                                f"in {cfg.inpaint.placement_tries} tries; raise inpaint.placement_tries")
+            targets[k] = placed
+    else:
+        for attempt in range(GENERATED_MASK_TRIES):
+            if not missing:
+                break
+            mask_seeds = np.array([derive_seed(int(s), 2, attempt) for s in seeds[missing]], np.int64)
+            drawn = sample_batch(net, cfg, zbins[missing], labels[missing], mask_seeds, priors, device,
+                                 z=z[missing])
+            check_finite(drawn, "inpaint")
+            drawn = postprocess(drawn, True)[:, -1] > 0
+            still = []
+            for k, mask in zip(missing, drawn):
+                placed = place_mask(mask, allowed[k], rngs[k]) if mask.any() else None
+                if placed is None:
+                    still.append(k)
+                else:
+                    targets[k] = placed
+            missing = still
+        if missing:
+            raise UserError(f"the model drew no lesion mask that fits slice {rows[missing[0]]} (z-bin "
+                            f"{zbins[missing[0]]}) in {GENERATED_MASK_TRIES} tries; use --masks bank")
+    known = src.copy()
+    known[:, -1] = np.where(targets, 1.0, -1.0)
+    generated = dilate_in_plane(targets, int(cfg.inpaint.dilate_px))
+    keep = np.ones_like(known, dtype=bool)
+    keep[:, :image_channels] = ~generated[:, None]
+    images = sample_batch(net, cfg, zbins, labels, seeds, priors, device, source=known, keep=keep, z=z)
+    check_finite(images, "inpaint")
+    return {"images": postprocess(images, True), "zbin": zbins, "label": labels, "z": z, "source": src}
+
+
+def dilate_in_plane(masks: np.ndarray, pixels: int) -> np.ndarray:
+    """(n, H, W) bool masks grown by `pixels` steps of the 4-neighbourhood within each slice."""
+    if pixels <= 0:
+        return masks.copy()
+    cross = np.zeros((3, 3, 3), bool)
+    cross[1] = ndimage.generate_binary_structure(2, 1)
+    return ndimage.binary_dilation(masks, structure=cross, iterations=pixels)
+
+
+def comparison_grid(sources: np.ndarray, results: np.ndarray, ncols: int = 2) -> np.ndarray:
+    """RGB grid, one tile per result: source | result | mask | |result - source| (black 0, white >= 1)."""
+    channels = sources.shape[1] - 1
+    mask = results[:, -1] > 0
+    src, res = image_rgb(sources, channels), image_rgb(results, channels)
+    diff = np.abs(results[:, :channels] - sources[:, :channels]).max(axis=1)  # 0 .. 2
+    diff_rgb = np.repeat(to_uint8(np.clip(diff, 0, 1) * 2 - 1)[..., None], 3, axis=-1)
+    return tile_grid([src, res, mask_rgb(mask), diff_rgb], ncols)
+
+
+def inpaint(ckpt_path: str | Path, source: str | Path, out: str | Path, split: str = "train",
+            masks: str = "bank", n: int = 32, config_path: str | None = None, overrides=(),
+            overwrite: bool = False) -> Path:
+    """The `jsddpm inpaint` stage. Returns the output folder."""
+    import torch
+
+    from ..io import atomic_dir, write_run_record
+    from ..seeding import derive_seed
+    from .sampling import sample_devices
+
+    if masks not in MASK_SOURCES:
+        raise UserError(f"--masks {masks}: use one of {', '.join(MASK_SOURCES)}")
+    if n < 1:
+        raise UserError(f"--n {n}: give at least 1 result")
+    check_output_folder(out, overwrite, (ckpt_path, source))
+    ckpt = load_checkpoint(ckpt_path)
+    cfg = resolve_generation_config(ckpt, config_path, overrides, extra_sections=("inpaint",))
+    if not cfg.model.joint_mask:
+        raise UserError(f"{ckpt_path}: the model draws images without masks (model.joint_mask=false); "
+                        "inpaint needs a joint image + mask model")
+    check_finite_weights(ckpt, ckpt_path, bool(cfg.sample.use_ema))
+    classes = list(ckpt["jsddpm"].get("classes") or [])
+    label = lesion_label(classes, int(cfg.model.num_classes))
+    cache = open_source_cache(source, split, cfg, classes)
+    order = source_order(cache, split, int(cfg.sample.seed))
+    rows, indices = order[np.arange(n) % len(order)], np.arange(n, dtype=np.int64) // len(order)
+    seeds = np.array([derive_seed(int(cfg.sample.seed), r, i) for r, i in zip(rows, indices)], np.int64)
+    device = sample_devices(str(cfg.sample.device))[0]  # one device: results are few and batched
+    net, _ = model_from_checkpoint(ckpt, bool(cfg.sample.use_ema), device, cfg=cfg)
+    parts: list[dict] = []
+    batch = int(cfg.sample.batch_size)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        try:
+            for start in range(0, n, batch):
+                sl = slice(start, start + batch)
+                with torch.no_grad():
+                    parts.append(inpaint_batch(net, cfg, ckpt, cache, rows[sl], seeds[sl], label, masks, device))
+                print(f"inpaint: {min(start + batch, n)}/{n} results", flush=True)
+        except NonFiniteSamples:
+            raise UserError(f"{ckpt_path}: sampling produced NaN or Inf values; nothing written "
+                            "(check the checkpoint, or try sample.guidance_scale=1)") from None
+        res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        write_samples(tmp / "samples.npz", res["images"], res["zbin"], res["label"], int(cfg.data.n_zbins),
+                      z=res["z"], index=indices, seed=seeds, source_index=rows)
+        shown = np.linspace(0, n - 1, min(n, 16)).round().astype(int)
+        save_png(tmp / "grid_inpaint.png", comparison_grid(res["source"][shown], res["images"][shown]))
+        write_run_record(tmp, cfg)
+    print(f"inpaint: {n} results ({masks} masks) -> {Path(out) / 'samples.npz'}")
+    return Path(out)

@@ -1,0 +1,121 @@
+"""Drawing samples from a network: conditions of a batch, per-sample generators, batches, devices.
+
+Every sample's noise comes from its own generator seeded by (sample.seed, z-bin, class, index), so a
+sample is the same whatever the batch size, the order of the spec or the GPU it was drawn on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checkpoint import load_checkpoint, model_from_checkpoint, priors_from_checkpoint
+from ..draw import postprocess, sample_batch
+from ..errors import UserError
+from ..seeding import sample_seeds
+
+
+def empty_samples(cfg) -> np.ndarray:
+    from ..model import data_channels
+
+    size = int(cfg.data.image_size)
+    return np.zeros((0, data_channels(cfg), size, size), np.float32)
+
+
+def sample_conditions(net, cfg, ckpt: dict, zbins, labels, indices, device: str | torch.device = "cpu",
+                      batch_size: int | None = None, progress: bool = False, sources: np.ndarray | None = None,
+                      seeds: np.ndarray | None = None) -> np.ndarray:
+    """Samples for the given (z-bin, class, index) triples, in that order, in batches; with `sources`
+    (one real slice per sample) SDEdit variations of them at sample.strength.
+
+    Raw values before postprocessing must be finite: a NaN image would otherwise pass as -1 after
+    clamping, with a mask channel that looks valid.
+    """
+    seeds = sample_seeds(int(cfg.sample.seed), zbins, labels, indices) if seeds is None else seeds
+    priors = priors_from_checkpoint(ckpt)
+    batch_size = int(batch_size or cfg.sample.batch_size)
+    out = []
+    for start in range(0, len(seeds), batch_size):
+        sl = slice(start, start + batch_size)
+        images = sample_batch(net, cfg, zbins[sl], labels[sl], seeds[sl], priors, device,
+                              source=None if sources is None else sources[sl])
+        check_finite(images, "generate")
+        out.append(postprocess(images, bool(cfg.model.joint_mask)))
+        if progress:
+            print(f"generate: {min(start + batch_size, len(seeds))}/{len(seeds)} samples", flush=True)
+    return np.concatenate(out) if out else empty_samples(cfg)
+
+
+class NonFiniteSamples(UserError):
+    """The network produced NaN or Inf; the stage names the checkpoint."""
+
+
+def check_finite(images: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(images).all():
+        raise NonFiniteSamples(f"{what}: the network produced NaN or Inf values")
+
+
+def _shard_worker(rank: int, ckpt_path: str, cfg_dict: dict, rows: np.ndarray, devices: list[str],
+                  tmp: str) -> None:
+    """One GPU's share (every len(devices)-th sample); results go to tmp/shard_{rank}.npy."""
+    from ..config import from_container
+
+    cfg = from_container(cfg_dict)
+    ckpt = load_checkpoint(ckpt_path)
+    net, _ = model_from_checkpoint(ckpt, bool(cfg.sample.use_ema), devices[rank], cfg=cfg)
+    mine = rows[rank::len(devices)]
+    sources_path = Path(tmp) / "sources.npy"
+    sources = np.load(sources_path, mmap_mode="r")[rank::len(devices)] if sources_path.exists() else None
+    images = sample_conditions(net, cfg, ckpt, mine[:, 0], mine[:, 1], mine[:, 2], devices[rank],
+                               sources=None if sources is None else np.asarray(sources))
+    np.save(Path(tmp) / f"shard_{rank}.npy", images)
+
+
+def sample_devices(setting: str) -> list[str]:
+    """`sample.device`: auto = every visible GPU (else CPU), or one device name."""
+    if setting != "auto":
+        devices = [d.strip() for d in setting.split(",") if d.strip()]
+        for d in devices:
+            try:
+                torch.device(d)
+            except RuntimeError:
+                raise UserError(f"sample.device={setting}: '{d}' is not a device; use auto, cpu, cuda:0 "
+                                "or a comma-separated list") from None
+        if not devices:
+            raise UserError("sample.device is empty; use auto, cpu, cuda:0 or a comma-separated list")
+        return devices
+    n = torch.cuda.device_count()
+    return [f"cuda:{i}" for i in range(n)] if n else ["cpu"]
+
+
+def sample_sharded(ckpt_path: str | Path, ckpt: dict, cfg, zbins, labels, indices,
+                   devices: list[str], sources: np.ndarray | None = None) -> np.ndarray:
+    """Samples in the given order, drawn on one device or split across several (one process each)."""
+    if len(devices) <= 1 or len(zbins) < 2:
+        net, _ = model_from_checkpoint(ckpt, bool(cfg.sample.use_ema), devices[0], cfg=cfg)
+        return sample_conditions(net, cfg, ckpt, zbins, labels, indices, devices[0], progress=True,
+                                 sources=sources)
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    from ..config import to_container
+
+    rows = np.stack([zbins, labels, indices], axis=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        if sources is not None:
+            np.save(Path(tmp) / "sources.npy", sources)
+        try:
+            mp.spawn(_shard_worker, args=(str(ckpt_path), to_container(cfg), rows, devices, tmp),
+                     nprocs=len(devices), join=True)
+        except mp.ProcessRaisedException as exc:
+            if "NonFiniteSamples" in str(exc):
+                raise NonFiniteSamples("generate: the network produced NaN or Inf values") from None
+            raise
+        shards = [np.load(Path(tmp) / f"shard_{r}.npy") for r in range(len(devices))]
+    out = np.empty((len(rows), *shards[0].shape[1:]), np.float32)
+    for r, shard in enumerate(shards):
+        out[r::len(devices)] = shard
+    return out
