@@ -5,34 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from jsddpm.diffusion import NoiseSchedule, sample, target_from
+# the exact Gaussian denoiser and the stand-in network of the plain sampler tests
+from test_diffusion_samplers import MEAN, SCHEDULE, STD, TinyConvDenoiser, gaussian_denoiser
+
+from jsddpm.diffusion import sample
 from jsddpm.diffusion.inpaint import sample_known
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-MEAN, STD = 0.3, 0.2
-SCHEDULE = NoiseSchedule("cosine", 1000)
-
-
-def gaussian_denoiser(prediction_type="epsilon"):
-    """The exact optimal denoiser for elementwise x0 ~ N(MEAN, STD^2) (as in test_diffusion_samplers)."""
-
-    def denoiser(x_t, t):
-        a, s = SCHEDULE.coef("a", t, x_t), SCHEDULE.coef("s", t, x_t)
-        x0 = MEAN + a * STD**2 / (a**2 * STD**2 + s**2) * (x_t - a * MEAN)
-        return target_from(x0, (x_t - a * x0) / s, a, s, prediction_type)
-
-    return denoiser
-
-
-class TinyConvDenoiser(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(2, 2, 3, padding=1)
-
-    def forward(self, x_t, t):
-        return torch.tanh(self.conv(x_t)) * (t.view(-1, 1, 1, 1).float() / 1000)
 
 
 def gens(n, offset=0):
@@ -76,8 +55,9 @@ def test_sdedit_strength_moves_from_the_source_to_fresh_samples():
     source = MEAN + STD * torch.randn(n, 1, generator=torch.Generator().manual_seed(5))
 
     def run(strength):
-        return sample_known(gaussian_denoiser(), source, SCHEDULE, strength=strength, prediction_type="epsilon",
-                            sampler="dpmpp_2m", steps=50, generator=torch.Generator().manual_seed(2))
+        return sample_known(gaussian_denoiser("epsilon"), source, SCHEDULE, strength=strength,
+                            prediction_type="epsilon", sampler="dpmpp_2m", steps=50,
+                            generator=torch.Generator().manual_seed(2))
 
     distance = {s: (run(s) - source).abs().mean().item() for s in (0.1, 0.5, 1.0)}
     assert distance[0.1] < 0.1 * STD  # near 0: the source, up to the low noise levels re-drawn

@@ -26,14 +26,13 @@ Protocol
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
 from scipy.stats import rankdata
 
 from ..errors import UserError
-from .common import metric
+from .common import metric, one_torch_thread
 
 NAME = "classifier"
 NEEDS_MASK = False
@@ -227,20 +226,6 @@ def _fit_and_score(x_train, y_train, x_test, cfg, seed: int) -> np.ndarray:
         return torch.cat([net(xs[i:i + 128]).squeeze(1) for i in range(0, len(xs), 128)]).numpy()
 
 
-@contextlib.contextmanager
-def _one_torch_thread():
-    """The network is small: thread synchronisation costs more than it saves (8x slower with two
-    threads on a busy two-core machine), so training runs on one intra-op thread."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def out_of_fold_scores(real: np.ndarray, synth: np.ndarray, cfg, real_groups=None, synth_groups=None,
                        seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(scores, labels, fold) with every image scored by the model that never saw its fold."""
@@ -261,7 +246,7 @@ def scores_on_folds(real, synth, fold, cfg, seed: int) -> np.ndarray:
     x = np.concatenate([real, synth]).astype(np.float32)
     y = np.concatenate([np.zeros(len(real)), np.ones(len(synth))])
     scores = np.empty(len(x))
-    with _one_torch_thread():
+    with one_torch_thread():
         for f in np.unique(fold):
             test = fold == f
             scores[test] = _fit_and_score(x[~test], y[~test], x[test], cfg, seed=seed * 100 + int(f))

@@ -3,6 +3,7 @@ half split can index without recomputing anything."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,3 +66,18 @@ def _f(x):
     if x is None:
         return None
     return float(x)
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """The diagnostics' networks (classifier, utility segmenters) are small: thread synchronisation costs
+    more than it saves (8x slower with two threads on a busy two-core machine), so they train on one
+    intra-op thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -27,7 +27,6 @@ Protocol
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +35,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..errors import UserError
+from .common import one_torch_thread
 
 NAME = "utility"
 METRICS = ("dice", "sensitivity", "fp_per_slice", "subject_dice")
@@ -120,19 +120,6 @@ def dice_bce_loss(logits, target, lesion_weight: float = 1.0):
     p = logits.sigmoid()
     soft_dice = (2 * (p * target).sum() + 1.0) / (p.sum() + target.sum() + 1.0)
     return bce + (1.0 - soft_dice)
-
-
-@contextlib.contextmanager
-def _one_torch_thread():
-    """Small convolutions: thread synchronisation costs more than it saves on a shared CPU."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _crop_origins(masks: np.ndarray, idx: np.ndarray, from_lesion: np.ndarray, crop: int,
@@ -370,7 +357,7 @@ def _train_all(train, synth, test, arms: dict, seeds: list[int], cfg, finished) 
     jobs = [(arm, k, seed) for arm in arms for k, seed in enumerate(seeds)]
     workers = min(int(cfg.utility_workers), len(jobs))
     if workers <= 1:
-        with _one_torch_thread():
+        with one_torch_thread():
             _init_worker(*pools)
             try:
                 for arm in arms:

@@ -30,8 +30,8 @@ from collections.abc import Callable
 import torch
 
 from ..errors import UserError
-from .parameterization import SIGMA_DATA, check_prediction_type
-from .samplers import SAMPLERS, GeneratorArg, _guided_prediction, randn
+from .parameterization import SIGMA_DATA
+from .samplers import SAMPLERS, GeneratorArg, denoise, make_stepper, randn
 from .schedule import NoiseSchedule
 
 
@@ -87,14 +87,9 @@ def sample_known(
     """x0 of `source`'s shape, with `keep` (bool, broadcastable to it) equal to the source and the rest
     generated (RePaint, `resample` re-noising jumps per step); `strength` < 1 starts from the noised
     source instead of pure noise (SDEdit). The other arguments are `samplers.sample`'s."""
-    check_prediction_type(prediction_type)
-    if sampler not in SAMPLERS:
-        raise UserError(f"sample.sampler={sampler}: unknown; use one of {', '.join(SAMPLERS)}")
-    if eta < 0:
-        raise UserError(f"sample.eta={eta}: must be >= 0; set sample.eta")
     if resample < 0:
         raise UserError(f"inpaint.resample={resample}: must be >= 0; set inpaint.resample")
-    stepper = SAMPLERS[sampler](schedule, steps, eta, spacing)
+    stepper = make_stepper(schedule, prediction_type, sampler, steps, eta, spacing)
     dtype = dtype or torch.float32
     device = device or source.device
     source = source.to(device=device, dtype=dtype)
@@ -112,12 +107,8 @@ def sample_known(
         t = torch.full((x.shape[0],), int(stepper.timesteps[i]), dtype=torch.long, device=device)
         for attempt in range(resample + 1):
             x = replace_known(x, source, keep, stepper.abar[i], generator)
-            x_in = schedule.network_input(x, t, prediction_type, sigma_data)
-            pred = _guided_prediction(denoiser, x_in, t, x0_prev, guidance_scale).to(dtype)
-            x0, eps = schedule.x0_and_eps(pred, x, t, prediction_type, sigma_data)
-            if clip_x0:
-                x0 = x0.clamp(-1.0, 1.0)
-                eps = schedule.eps_from_x0(x0, x, t)
+            x0, eps = denoise(denoiser, schedule, x, t, x0_prev, prediction_type=prediction_type,
+                              guidance_scale=guidance_scale, clip_x0=clip_x0, sigma_data=sigma_data, dtype=dtype)
             noise = randn(x.shape, generator, device, dtype) if stepper.needs_noise(i) else None
             # a multistep solver extrapolates from its previous x0; a re-noised x has a fresh trajectory
             # (no history: a first-order step), and every try of step i starts from the state before it

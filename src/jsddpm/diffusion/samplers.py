@@ -207,6 +207,31 @@ def _guided_prediction(denoiser, x_t, t, self_cond, guidance_scale: float) -> to
     return uncond + guidance_scale * (cond - uncond)
 
 
+def make_stepper(schedule: NoiseSchedule, prediction_type: str, sampler: str, steps: int, eta: float,
+                 spacing: str) -> _Sampler:
+    """The configured sampler, after the checks every sampling loop shares (one line each)."""
+    check_prediction_type(prediction_type)
+    if sampler not in SAMPLERS:
+        raise UserError(f"sample.sampler={sampler}: unknown; use one of {', '.join(SAMPLERS)}")
+    if eta < 0:
+        raise UserError(f"sample.eta={eta}: must be >= 0; set sample.eta")
+    return SAMPLERS[sampler](schedule, steps, eta, spacing)
+
+
+def denoise(denoiser, schedule: NoiseSchedule, x: torch.Tensor, t: torch.Tensor, x0_prev, *, prediction_type: str,
+            guidance_scale: float, clip_x0: bool, sigma_data: float, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0, eps) at x_t = x from one (guided) network call; with clip_x0, x0 clipped to [-1, 1] and eps
+    made consistent with it."""
+    x_in = schedule.network_input(x, t, prediction_type, sigma_data)
+    # guidance on the raw output equals guidance on x0: x0 is affine in it with the same x_t term
+    pred = _guided_prediction(denoiser, x_in, t, x0_prev, guidance_scale).to(dtype)
+    x0, eps = schedule.x0_and_eps(pred, x, t, prediction_type, sigma_data)
+    if clip_x0:
+        x0 = x0.clamp(-1.0, 1.0)
+        eps = schedule.eps_from_x0(x0, x, t)
+    return x0, eps
+
+
 # ----------------------------------------------------------------------------------- driver
 @torch.no_grad()
 def sample(
@@ -242,12 +267,7 @@ def sample(
     (the config refuses it with the other samplers: ddpm is always ancestral, dpmpp_2m deterministic).
     Returns the final x0 estimate (clipped to [-1, 1] with clip_x0).
     """
-    check_prediction_type(prediction_type)
-    if sampler not in SAMPLERS:
-        raise UserError(f"sample.sampler={sampler}: unknown; use one of {', '.join(SAMPLERS)}")
-    if eta < 0:
-        raise UserError(f"sample.eta={eta}: must be >= 0; set sample.eta")
-    stepper = SAMPLERS[sampler](schedule, steps, eta, spacing)
+    stepper = make_stepper(schedule, prediction_type, sampler, steps, eta, spacing)
     dtype = dtype or (x_T.dtype if x_T is not None else torch.float32)
     device = device or (x_T.device if x_T is not None else None)
     x = randn(shape, generator, device, dtype) if x_T is None else x_T.to(device=device, dtype=dtype)
@@ -255,13 +275,8 @@ def sample(
     n = len(stepper.timesteps)
     for i, t_value in enumerate(stepper.timesteps.tolist()):
         t = torch.full((x.shape[0],), t_value, dtype=torch.long, device=x.device)
-        x_in = schedule.network_input(x, t, prediction_type, sigma_data)
-        # guidance on the raw output equals guidance on x0: x0 is affine in it with the same x_t term
-        pred = _guided_prediction(denoiser, x_in, t, x0_prev, guidance_scale).to(dtype)
-        x0, eps = schedule.x0_and_eps(pred, x, t, prediction_type, sigma_data)
-        if clip_x0:
-            x0 = x0.clamp(-1.0, 1.0)
-            eps = schedule.eps_from_x0(x0, x, t)
+        x0, eps = denoise(denoiser, schedule, x, t, x0_prev, prediction_type=prediction_type,
+                          guidance_scale=guidance_scale, clip_x0=clip_x0, sigma_data=sigma_data, dtype=dtype)
         noise = randn(x.shape, generator, x.device, dtype) if stepper.needs_noise(i) else None
         x = stepper.step(i, x, x0, eps, noise)
         if self_conditioning:
