@@ -83,6 +83,22 @@ def test_augment_keeps_image_and_mask_aligned_and_mask_binary(seed):
     assert out_image.min() >= -1.0 and out_image.max() <= 1.0
 
 
+def test_default_spatial_augmentation_never_resamples():
+    """Resampling low-passes slices (the generator then learns smoothed images): by default a slice is
+    only mirrored, pixel for pixel."""
+    cfg = load_config(None, ["data.augment.brightness=0", "data.augment.contrast=0"]).data.augment
+    image = torch.rand(1, 24, 24) * 2 - 1  # white noise: any interpolation would change it
+    mask = (torch.rand(24, 24) > 0.9).float()
+    flipped = 0
+    for seed in range(8):
+        out, out_mask, _ = Augment.from_config(cfg)(image, mask, None, generator=torch.Generator().manual_seed(seed))
+        mirrored = torch.equal(out, image.flip(-1))
+        assert mirrored or torch.equal(out, image)
+        assert torch.equal(out_mask, mask.flip(-1) if mirrored else mask)
+        flipped += mirrored
+    assert 0 < flipped < 8
+
+
 def test_intensity_jitter_keeps_background_range_and_order():
     image, _ = blob_pair()
     g = torch.Generator().manual_seed(2)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 IDENTITY = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+MIRROR = torch.tensor([[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 
 
 def _uniform(low: float, high: float, generator: torch.Generator | None) -> float:
@@ -61,6 +62,12 @@ def apply_spatial(theta: torch.Tensor, image: torch.Tensor, mask: torch.Tensor |
     """The same spatial transform on image ([-1, 1], background -1), mask ({0, 1}) and prior."""
     if torch.equal(theta, IDENTITY):
         return image, mask, prior
+    if torch.equal(theta, MIRROR):  # pixels land on pixels: flip exactly rather than resample
+
+        def mirror(x):
+            return None if x is None else x.flip(-1)
+
+        return mirror(image), mirror(None if mask is None else mask.float()), mirror(prior)
     image = warp(image + 1.0, theta, "bilinear") - 1.0  # zero padding of image+1 is background -1
     if mask is not None:
         mask = warp(mask.float(), theta, "nearest")
@@ -82,7 +89,7 @@ def intensity_jitter(image: torch.Tensor, brightness: float, contrast: float,
 class Augment:
     """Random crop-from-larger, horizontal flip, small rotation, then brightness/contrast jitter."""
 
-    def __init__(self, crop_scale: float = 1.1, hflip: bool = True, rotate_deg: float = 5.0,
+    def __init__(self, crop_scale: float = 1.0, hflip: bool = True, rotate_deg: float = 0.0,
                  brightness: float = 0.05, contrast: float = 0.05):
         self.crop_scale, self.hflip, self.rotate_deg = crop_scale, hflip, rotate_deg
         self.brightness, self.contrast = brightness, contrast
