@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny demo cohort (phantom) and its 64 px slice cache, built once per session."""
+"""Shared fixtures: a tiny demo cohort (phantom) and its 64 px slice cache, built once per session; a helper
+that writes a checkpoint around a random tiny network."""
 
 from __future__ import annotations
 
@@ -40,3 +41,25 @@ def one_thread(monkeypatch):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def write_random_checkpoint(path: Path, cfg, scale: float, classes: list[str], priors, spacing_mm) -> Path:
+    """A checkpoint as `jsddpm train` writes it (same weights as net and EMA), around the config's network
+    with every parameter perturbed by `scale` x N(0, 1) (the UNet's zero-initialised output layer would
+    otherwise make every prediction 0). Seeds torch with 0 first, so the weights depend on `cfg` only."""
+    import torch
+
+    from jsddpm.config import to_container
+    from jsddpm.model import build_model
+
+    torch.manual_seed(0)
+    net = build_model(cfg, verbose=False)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(scale * torch.randn_like(p))
+    state = net.state_dict()
+    torch.save({"state_dict": {**{f"net.{k}": v for k, v in state.items()},
+                               **{f"ema.module.{k}": v for k, v in state.items()}},
+                "jsddpm": {"format": 1, "config": to_container(cfg), "classes": classes,
+                           "priors": torch.as_tensor(priors), "spacing_mm": spacing_mm}}, path)
+    return path

@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import write_random_checkpoint
 
 from jsddpm.cli import main
-from jsddpm.config import load_config, to_container
+from jsddpm.config import load_config
 from jsddpm.errors import UserError
 from jsddpm.generation import (
     Condition,
@@ -31,26 +32,10 @@ SPACING = [1.5, 2.0, 3.0]  # the training cache's voxel spacing (x, y, z) in mm,
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A checkpoint as `jsddpm train` writes it, around a randomly perturbed tiny network (the UNet's
-    zero-initialised output layer would otherwise make every prediction 0)."""
-    from jsddpm.model import build_model
-
-    cfg = load_config(None, TINY)
-    torch.manual_seed(0)
-    net = build_model(cfg, verbose=False)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    state = net.state_dict()
-    ckpt = {
-        "state_dict": {**{f"net.{k}": v for k, v in state.items()},
-                       **{f"ema.module.{k}": v for k, v in state.items()}},
-        "jsddpm": {"format": 1, "config": to_container(cfg), "classes": ["normal", "abnormal"],
-                   "priors": torch.rand(3, SIZE, SIZE), "spacing_mm": SPACING},
-    }
-    path = tmp_path_factory.mktemp("ckpt") / "last.ckpt"
-    torch.save(ckpt, path)
-    return path
+    """A checkpoint as `jsddpm train` writes it, around a randomly perturbed tiny network."""
+    priors = torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    return write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "last.ckpt", load_config(None, TINY), 0.2,
+                                   ["normal", "abnormal"], priors, SPACING)
 
 
 def test_spec_forms_give_counts_per_condition():

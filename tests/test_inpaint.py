@@ -4,6 +4,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import write_random_checkpoint
 
 # the exact Gaussian denoiser and the stand-in network of the plain sampler tests
 from test_diffusion_samplers import MEAN, SCHEDULE, STD, TinyConvDenoiser, gaussian_denoiser
@@ -76,25 +77,12 @@ TINY64 = ["data.image_size=64", "data.n_zbins=10", "model.base_channels=8", "mod
 def demo_checkpoint(demo_cache, tmp_path_factory):
     """A checkpoint as `jsddpm train` writes it for the demo cache, around a randomly perturbed tiny
     network: the known-answer properties below hold for any network."""
-    from jsddpm.config import load_config, to_container
+    from jsddpm.config import load_config
     from jsddpm.data.cache import load_cache
-    from jsddpm.model import build_model
 
     cache = load_cache(demo_cache)
-    cfg = load_config(None, TINY64)
-    torch.manual_seed(0)
-    net = build_model(cfg, verbose=False)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    state = net.state_dict()
-    ckpt = {"state_dict": {**{f"net.{k}": v for k, v in state.items()},
-                           **{f"ema.module.{k}": v for k, v in state.items()}},
-            "jsddpm": {"format": 1, "config": to_container(cfg), "classes": cache.classes,
-                       "priors": torch.as_tensor(cache.priors), "spacing_mm": cache.stats["spacing_mm"]}}
-    path = tmp_path_factory.mktemp("ckpt") / "last.ckpt"
-    torch.save(ckpt, path)
-    return path
+    return write_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "last.ckpt", load_config(None, TINY64), 0.1,
+                                   cache.classes, cache.priors, cache.stats["spacing_mm"])
 
 
 def test_inpaint_keeps_the_source_outside_the_ring_and_the_requested_mask(demo_checkpoint, demo_cache, tmp_path):
