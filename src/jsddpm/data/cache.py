@@ -50,6 +50,11 @@ class SliceCache:
     def n_zbins(self) -> int:
         return int(self.stats["n_zbins"])
 
+    @property
+    def fingerprint(self) -> str:
+        """What identifies this cache's content, whatever its folder is called: see `cache_fingerprint`."""
+        return cache_fingerprint(self.root)
+
     def indices(self, split: str | None = None) -> np.ndarray:
         """Row numbers of one split ("train", "val", "test"); None or "all" gives every row."""
         if split in (None, "all"):
@@ -64,6 +69,18 @@ class SliceCache:
             return images
         masks = np.asarray(self.masks[idx], dtype=np.float32) * 2.0 - 1.0
         return np.concatenate([images, masks], axis=1)
+
+
+def cache_fingerprint(root) -> str:
+    """16 hex digits of SHA-256 over index.csv and stats.json: which subjects, slices, splits, z-bins and
+    classes the cache holds. A checkpoint records it, so resume, generation and export can tell a copied
+    or renamed cache (same fingerprint) from another cache (different one) without reading the arrays."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in ("index.csv", "stats.json"):
+        digest.update((Path(root) / name).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def read_index(path: Path) -> dict[str, np.ndarray]:

@@ -169,6 +169,8 @@ class DiffusionModule(L.LightningModule):
             "classes": self.classes,
             # the cache's voxel spacing (x, y, z) in mm, plain floats (None for image folders): NIfTI export
             "spacing_mm": None if self.cache is None else self.cache.stats.get("spacing_mm"),
+            # which cache trained it (content, not path): resume, generation and export compare it
+            "cache_fingerprint": None if self.cache is None else self.cache.fingerprint,
             "sampler": {"seed": int(self.cfg.train.seed), "epoch": int(self.position[0]),
                         "batches_done": int(self.position[1])},
             "rng": rng_states(),
