@@ -21,9 +21,9 @@ les% = lesion-class samples carrying a lesion (>= 90%); nol% = no-lesion samples
 AUC = classifier AUC (<= 0.95); severity. Lesions are counted on the held-out real split and the
 generated masks with the diagnostics' own lesion labelling.
 
-Low-noise probe (`--probe-strength S`, default 0.2; 0 skips it): the held-out real slices, noised to
-the sampler's step at strength S (SDEdit; 0.2 of DPM-Solver++ 30 quadratic steps starts at t = 30, sigma
-0.06 on the cosine schedule) and denoised by the arm's model, diagnosed like the samples. "probe hh" /
+Low-noise probe (`--probe-strength S`, default 0.03; 0 skips it): the held-out real slices, noised to
+timestep round(S (T - 1)) (SDEdit; 0.03 starts at t = 30, sigma 0.06 on the cosine schedule, then the
+last 5 of DPM-Solver++'s 30 quadratic steps) and denoised by the arm's model, diagnosed like the samples. "probe hh" /
 "probe bg" are their wavelet HH-1 and background-std ratios to the untouched real slices: a model exact at
 low noise gives 1 and 1, so a probe far from 1 says that detail is lost (or noise left) below that noise
 level, whatever happens above it.
@@ -201,7 +201,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=None, help="demo cohort seed (default: jsddpm demo's)")
     ap.add_argument("--common", nargs="*", default=[], metavar="key=value", help="overrides for every arm")
     ap.add_argument("--smoke", action="store_true", help="3 steps, 2 sampler steps, light diagnostics")
-    ap.add_argument("--probe-strength", type=float, default=0.2,
+    ap.add_argument("--probe-strength", type=float, default=0.03,
                     help="low-noise probe: SDEdit strength of the held-out real slices (0 skips it)")
     args = ap.parse_args(argv)
 

@@ -79,6 +79,9 @@ class ModelConfig:
     prior_attention_resolutions: list[int] = field(default_factory=lambda: [16, 8])  # cross-attention sizes
     prior_tokens: int = 16  # tokens produced by the prior encoder for cross-attention (a square: 4, 9, 16...)
     prior_channels: int = 32  # width of the prior encoder and of its tokens
+    # the clean lesion mask as one more input channel ({-1, +1}; 0 = withheld), withheld in training with
+    # probability train.mask_drop: one network draws image + mask jointly or the image given a mask
+    mask_conditioning: bool = False
 
 
 # ---------------------------------------------------------------------------------- diffusion
@@ -143,6 +146,9 @@ class TrainConfig:
     # torch intra-op threads per process; 0 = torch's default (one per core). On a CPU shared with other
     # jobs, 1 can be much faster: idle threads spin (measured 10x on a busy 2-core machine)
     cpu_threads: int = 0
+    # model.mask_conditioning: probability that a sample's mask condition is withheld (joint image + mask
+    # training); drawn independently of diffusion.condition_dropout, so both can be guided
+    mask_drop: float = 0.5
 
 
 # ----------------------------------------------------------------------------------- sampling
@@ -158,14 +164,23 @@ class SampleConfig:
     use_ema: bool = True  # sample with the EMA weights (false: the raw trained weights)
     export_nifti: bool = False  # also write images.nii.gz / masks.nii.gz stacks (H, W, N)
     device: str = "auto"  # auto (every visible GPU, one process each; else CPU), cpu, cuda:0, or "cuda:0,cuda:1"
-    strength: float = 1.0  # SDEdit: < 1 varies real slices (generate --source) noised to this level; 1 = plain
+    # SDEdit: < 1 varies real slices (generate --source) noised to timestep round(strength (T - 1)) (0.5: t = 500
+    # of 1000), then the sampler's steps below it (at least one); 1 = plain generation
+    strength: float = 1.0
+    # classifier-free guidance on a given mask (model.mask_conditioning): pred = A + s (B - A) + m (C - B), A
+    # without class/z/prior and mask, B with them but no mask, C with all, s = guidance_scale; 1 = none
+    mask_guidance: float = 1.0
 
 
 @dataclass
 class InpaintConfig:
     dilate_px: int = 3  # `jsddpm inpaint` generates the target mask dilated by this many pixels (the seam ring)
-    resample: int = 2  # RePaint re-noising jumps per sampler step (each costs one more network call)
+    resample: int = 9  # RePaint re-noising jumps per sampler step (each costs one more network call)
     placement_tries: int = 200  # random flips / rotations / shifts tried to fit a bank mask inside the brain and prior
+    # sampler of inpainting (its own: RePaint couples through fresh noise, which the ancestral sampler mixes
+    # best; benchmarks/inpaint_coupling_bench.py); sample.eta applies when ddim
+    sampler: str = "ddpm"
+    steps: int = 100  # inpainting sampler steps (capped at diffusion.timesteps); calls = steps x (1 + resample)
 
 
 # -------------------------------------------------------------------------------- diagnostics
@@ -317,6 +332,7 @@ _CHOICES = {
     "model.upsample": ("bilinear", "bicubic", "nearest", "transposed"),
     "model.prior": ("none", "concat", "cross_attention"),
     "sample.sampler": ("ddpm", "ddim", "dpmpp_2m"),
+    "inpaint.sampler": ("ddpm", "ddim", "dpmpp_2m"),
     "train.precision": ("32", "bf16-mixed", "16-mixed", "64"),
     "diagnostics.real_split": ("train", "val", "test", "all"),
     "data.slice_label": ("lesion", "group"),
@@ -380,6 +396,11 @@ def validate(cfg: Any, where: str, overrides=()) -> None:
          f"sample.eta={cfg.sample.eta} is used by ddim only ({cfg.sample.sampler} would ignore it); set sample.eta=0"),
         (cfg.sample.batch_size >= 1, "sample.batch_size must be at least 1"),
         (0.0 < cfg.sample.strength <= 1.0, "sample.strength must be in (0, 1] (1 = plain generation)"),
+        (cfg.sample.mask_guidance >= 0, "sample.mask_guidance must be >= 0 (1 = no guidance on the mask)"),
+        (0.0 <= cfg.train.mask_drop <= 1.0, "train.mask_drop must be in [0, 1]"),
+        (not cfg.model.mask_conditioning or cfg.model.joint_mask,
+         "model.mask_conditioning needs model.joint_mask=true (the condition is the mask channel of the data)"),
+        (cfg.inpaint.steps >= 1, "inpaint.steps must be at least 1"),
         (cfg.inpaint.dilate_px >= 0 and cfg.inpaint.resample >= 0 and cfg.inpaint.placement_tries >= 1,
          "inpaint.dilate_px and inpaint.resample must be >= 0, inpaint.placement_tries >= 1"),
         (str(cfg.diagnostics.utility_train_split) in ("train", "val", "test", "all"),

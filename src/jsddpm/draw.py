@@ -10,9 +10,10 @@ import torch
 from .errors import UserError
 
 
-def batch_conditions(cfg, zbins, labels, priors: torch.Tensor | None, device, z=None) -> dict:
+def batch_conditions(cfg, zbins, labels, priors: torch.Tensor | None, device, z=None, mask=None) -> dict:
     """The network's conditions for a batch: class, z (default: the z-bin centre (b + 0.5) / n_zbins)
-    and the z-bin's prior map, each only when the model uses it."""
+    and the z-bin's prior map, each only when the model uses it; and the given masks (B, 1, H, W) in
+    {-1, +1} when `mask` is not None (None: withheld, the joint mode of a mask-conditioned model)."""
     zbins_t = torch.as_tensor(np.asarray(zbins), dtype=torch.long)
     conditions = {}
     if cfg.model.num_classes > 0:
@@ -24,16 +25,38 @@ def batch_conditions(cfg, zbins, labels, priors: torch.Tensor | None, device, z=
         if priors is None:
             raise UserError("checkpoint has no prior maps but model.prior is set; retrain with this version")
         conditions["prior"] = priors[zbins_t].unsqueeze(1).to(device)
+    if mask is not None:
+        conditions["mask"] = given_masks(cfg, mask, len(zbins_t)).to(device)
     return conditions
 
 
-def sampler_settings(cfg) -> dict:
-    """Keyword arguments of `diffusion.sample` (and of `diffusion.inpaint.sample_known`) from the config."""
+def given_masks(cfg, mask, batch: int) -> torch.Tensor:
+    """`mask` as a float32 (B, 1, H, W) tensor after the checks a mask condition needs (one line each)."""
+    if not cfg.model.mask_conditioning:
+        raise UserError("given masks need a model trained with model.mask_conditioning=true; this one draws "
+                        "image and mask jointly (generate without masks, or inpaint)")
+    mask = torch.as_tensor(np.asarray(mask, np.float32))
+    size = int(cfg.data.image_size)
+    if tuple(mask.shape) != (batch, 1, size, size):
+        raise UserError(f"given masks have shape {tuple(mask.shape)}; expected ({batch}, 1, {size}, {size})")
+    if not ((mask == 1) | (mask == -1)).all():  # 0 is the withheld value; NaN fails too
+        raise UserError("given masks must hold only -1 (background) and +1 (lesion)")
+    return mask
+
+
+def sampler_settings(cfg, inpainting: bool = False) -> dict:
+    """Keyword arguments of `diffusion.sample` (and of `diffusion.inpaint.sample_known`) from the config;
+    with `inpainting`, inpaint.sampler / inpaint.steps (capped at diffusion.timesteps) / inpaint.resample."""
     s = cfg.sample
-    return dict(prediction_type=cfg.diffusion.prediction_type, sampler=s.sampler, steps=int(s.steps),
-                eta=float(s.eta), clip_x0=bool(cfg.diffusion.clip_x0),
-                self_conditioning=float(cfg.diffusion.self_conditioning_prob) > 0,
-                guidance_scale=float(s.guidance_scale), sigma_data=float(cfg.diffusion.sigma_data))
+    settings = dict(prediction_type=cfg.diffusion.prediction_type, sampler=s.sampler, steps=int(s.steps),
+                    eta=float(s.eta), clip_x0=bool(cfg.diffusion.clip_x0),
+                    self_conditioning=float(cfg.diffusion.self_conditioning_prob) > 0,
+                    guidance_scale=float(s.guidance_scale), sigma_data=float(cfg.diffusion.sigma_data))
+    if inpainting:
+        p = cfg.inpaint
+        settings.update(sampler=p.sampler, steps=min(int(p.steps), int(cfg.diffusion.timesteps)),
+                        eta=float(s.eta) if p.sampler == "ddim" else 0.0, resample=int(p.resample))
+    return settings
 
 
 def generators_for(seeds, device) -> list[torch.Generator]:
@@ -43,13 +66,16 @@ def generators_for(seeds, device) -> list[torch.Generator]:
 @torch.no_grad()
 def sample_batch(net, cfg, zbins, labels, seeds, priors: torch.Tensor | None = None,
                  device: str | torch.device = "cpu", source: np.ndarray | None = None,
-                 keep: np.ndarray | None = None, z=None) -> torch.Tensor:
+                 keep: np.ndarray | None = None, z=None, mask=None) -> torch.Tensor:
     """One batch of samples (B, C, H, W) in [-1, 1] for the given conditions and per-sample seeds.
 
     z is conditioned on the z-bin centre (b + 0.5) / n_zbins; the prior map is the z-bin's. With a
     `source` (B, C, H, W): SDEdit from it at sample.strength, and with `keep` (bool, same shape) its
-    known part is kept (inpainting, inpaint.resample re-noising jumps per step). `z` replaces the
-    z-bin centres (e.g. by the sources' own positions).
+    known part is kept (inpainting with the inpaint.* sampler settings). `z` replaces the z-bin centres
+    (e.g. by the sources' own positions). `mask` (B, 1, H, W) in {-1, +1}, for a model trained with
+    model.mask_conditioning: the image is drawn given these masks (class, z and prior stay; guided by
+    sample.mask_guidance) and the result's mask channel is the given mask, exactly (kept known, like an
+    inpainted part); None draws image and mask jointly.
     """
     from .diffusion import ConditionedDenoiser, NoiseSchedule, sample
     from .diffusion.inpaint import sample_known
@@ -57,17 +83,28 @@ def sample_batch(net, cfg, zbins, labels, seeds, priors: torch.Tensor | None = N
 
     device = torch.device(device)
     size = int(cfg.data.image_size)
-    denoiser = ConditionedDenoiser(net, **batch_conditions(cfg, zbins, labels, priors, device, z))
+    conditions = batch_conditions(cfg, zbins, labels, priors, device, z, mask)
+    denoiser = ConditionedDenoiser(net, **conditions)
     schedule = NoiseSchedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
     generators = generators_for(seeds, device)
+    shape = (len(seeds), data_channels(cfg), size, size)
+    settings = sampler_settings(cfg, inpainting=keep is not None)
+    settings.setdefault("resample", 0)
+    strength = float(cfg.sample.strength) if source is not None else 1.0
+    if mask is not None:
+        settings["mask_guidance"] = float(cfg.sample.mask_guidance)
+        # the mask channel is known: kept at the given mask, noised to each step's level (the network's own
+        # estimate of it is replaced), and exactly the given mask at the end
+        source = np.zeros(shape, np.float32) if source is None else np.array(source, np.float32)
+        source[:, -1:] = conditions["mask"].cpu().numpy()
+        keep = np.zeros(shape, bool) if keep is None else np.array(keep, bool)
+        keep[:, -1] = True
     if source is None:  # strength 1 from pure noise: the plain sampler
-        return sample(denoiser, (len(seeds), data_channels(cfg), size, size), schedule, generator=generators,
-                      device=device, **sampler_settings(cfg))
-    resample = 0 if keep is None else int(cfg.inpaint.resample)
+        settings.pop("resample")
+        return sample(denoiser, shape, schedule, generator=generators, device=device, **settings)
     keep = None if keep is None else torch.as_tensor(np.asarray(keep, bool))
     return sample_known(denoiser, torch.from_numpy(np.array(source, np.float32)), schedule, keep=keep,
-                        strength=float(cfg.sample.strength), resample=resample, generator=generators,
-                        device=device, **sampler_settings(cfg))
+                        strength=strength, generator=generators, device=device, **settings)
 
 
 def postprocess(images: torch.Tensor, joint_mask: bool) -> np.ndarray:

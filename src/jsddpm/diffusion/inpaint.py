@@ -12,10 +12,13 @@ with the forward kernel q(x_t | x_next) = N(sqrt(abar_t / abar_next) x_next, (1 
 and the step is redone, which lets the generated part harmonise with the known part across the seam.
 Cost: (1 + r) network calls per step.
 
-SDEdit (Meng et al. 2022). `strength` S in [0, 1] runs only the last round(S * steps) steps of the
-respaced step list, starting from the source noised to that step's level; S = 1 starts from pure noise
-and is exactly `samplers.sample` (same draws from the same generators), S small keeps the source's
-structure, and zero steps return the source.
+SDEdit (Meng et al. 2022). `strength` S in (0, 1] is the noise level the source is taken to: the run
+starts at timestep t0 = round(S (T - 1)) of the T training timesteps (noise std sqrt(1 - abar_t0) in x_t,
+sigma = sqrt((1 - abar_t0) / abar_t0) in EDM's terms: every prediction type shares the discrete schedule)
+from the source noised to that level, then visits the respaced list's timesteps below t0. S = 1 starts
+from pure noise and is exactly `samplers.sample` (same draws from the same generators); S small keeps the
+source's structure. Every S > 0 runs at least the step at t0 (t0 = 0 for S < 0.5 / (T - 1)), so the
+result is always the network's, never a copy of the source; S = 0 is refused.
 
 `sample_known` follows `samplers.sample`'s contract (denoiser, generators, guidance, self-conditioning,
 clipping, parameterisation); with neither `keep` nor strength < 1 it returns the same tensor.
@@ -55,11 +58,12 @@ def replace_known(x: torch.Tensor, source: torch.Tensor, keep: torch.Tensor | No
     return torch.where(keep, known, x)
 
 
-def steps_for_strength(steps: int, strength: float) -> int:
-    """How many of the last steps SDEdit runs at `strength` in [0, 1]."""
-    if not 0.0 <= strength <= 1.0:
-        raise UserError(f"sample.strength={strength}: must be in [0, 1]; set sample.strength")
-    return int(round(strength * steps))
+def strength_timestep(num_train_timesteps: int, strength: float) -> int:
+    """SDEdit's first timestep t0 = round(S (T - 1)) at `strength` S in (0, 1]."""
+    if not 0.0 < strength <= 1.0:
+        raise UserError(f"sample.strength={strength}: must be in (0, 1] (the noise level SDEdit starts from; "
+                        "1 = plain generation); set sample.strength")
+    return int(math.floor(strength * (num_train_timesteps - 1) + 0.5))
 
 
 @torch.no_grad()
@@ -79,40 +83,40 @@ def sample_known(
     clip_x0: bool = True,
     self_conditioning: bool = False,
     guidance_scale: float = 1.0,
+    mask_guidance: float = 1.0,
     device=None,
     dtype=None,
     spacing: str = "quadratic",
     sigma_data: float = SIGMA_DATA,
 ) -> torch.Tensor:
     """x0 of `source`'s shape, with `keep` (bool, broadcastable to it) equal to the source and the rest
-    generated (RePaint, `resample` re-noising jumps per step); `strength` < 1 starts from the noised
-    source instead of pure noise (SDEdit). The other arguments are `samplers.sample`'s."""
+    generated (RePaint, `resample` re-noising jumps per step); `strength` < 1 starts from the source
+    noised to timestep round(strength (T - 1)) instead of pure noise (SDEdit). The other arguments are
+    `samplers.sample`'s."""
     if resample < 0:
         raise UserError(f"inpaint.resample={resample}: must be >= 0; set inpaint.resample")
-    stepper = make_stepper(schedule, prediction_type, sampler, steps, eta, spacing)
+    start = strength_timestep(schedule.timesteps, strength)
+    stepper = make_stepper(schedule, prediction_type, sampler, steps, eta, spacing, start)
     dtype = dtype or torch.float32
     device = device or source.device
     source = source.to(device=device, dtype=dtype)
     if keep is not None:
         keep = keep.to(device=device, dtype=torch.bool).expand_as(source)
-    n = len(stepper.timesteps)
-    first = n - steps_for_strength(n, strength)
-    if first == n:
-        return source.clone()
     x = randn(source.shape, generator, device, dtype)
-    if first > 0:
-        x = noised(source, stepper.abar[first], x)
+    if strength < 1.0:
+        x = noised(source, stepper.abar[0], x)
     x0_prev = torch.zeros_like(x) if self_conditioning else None
-    for i in range(first, n):
+    for i in range(len(stepper.timesteps)):
         t = torch.full((x.shape[0],), int(stepper.timesteps[i]), dtype=torch.long, device=device)
         for attempt in range(resample + 1):
             x = replace_known(x, source, keep, stepper.abar[i], generator)
             x0, eps = denoise(denoiser, schedule, x, t, x0_prev, prediction_type=prediction_type,
-                              guidance_scale=guidance_scale, clip_x0=clip_x0, sigma_data=sigma_data, dtype=dtype)
+                              guidance_scale=guidance_scale, clip_x0=clip_x0, sigma_data=sigma_data, dtype=dtype,
+                              mask_guidance=mask_guidance)
             noise = randn(x.shape, generator, device, dtype) if stepper.needs_noise(i) else None
             # a multistep solver extrapolates from its previous x0; a re-noised x has a fresh trajectory
             # (no history: a first-order step), and every try of step i starts from the state before it
-            trial = SAMPLERS[sampler](schedule, steps, eta, spacing) if attempt else copy.copy(stepper)
+            trial = SAMPLERS[sampler](schedule, steps, eta, spacing, start) if attempt else copy.copy(stepper)
             x_next = trial.step(i, x, x0, eps, noise)
             if self_conditioning:
                 x0_prev = x0

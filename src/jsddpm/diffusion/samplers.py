@@ -49,8 +49,17 @@ def spaced_timesteps(num_train_timesteps: int, steps: int, spacing: str = "quadr
 
 
 class _Sampler:
-    def __init__(self, schedule: NoiseSchedule, steps: int, eta: float = 0.0, spacing: str = "quadratic"):
+    """`start` (SDEdit): begin at that timestep instead of T-1, then visit the list's timesteps below it,
+    so a partial run has the step density of a full one at every noise level."""
+
+    def __init__(self, schedule: NoiseSchedule, steps: int, eta: float = 0.0, spacing: str = "quadratic",
+                 start: int | None = None):
         self.timesteps = spaced_timesteps(schedule.timesteps, steps, spacing)
+        if start is not None:
+            if not 0 <= start < schedule.timesteps:
+                raise ValueError(f"start timestep {start} outside 0..{schedule.timesteps - 1}")
+            below = self.timesteps[self.timesteps < start]
+            self.timesteps = torch.cat([torch.tensor([start], dtype=torch.long), below])
         abar = schedule.alphas_cumprod[self.timesteps]
         # abar at the current and at the next visited timestep; 1.0 after the last one (clean data)
         self.abar = abar.tolist()
@@ -113,8 +122,9 @@ class DPMSolverPP2MSampler(_Sampler):
     Stateful: create one per sampling run.
     """
 
-    def __init__(self, schedule: NoiseSchedule, steps: int, eta: float = 0.0, spacing: str = "quadratic"):
-        super().__init__(schedule, steps, eta, spacing)
+    def __init__(self, schedule: NoiseSchedule, steps: int, eta: float = 0.0, spacing: str = "quadratic",
+                 start: int | None = None):
+        super().__init__(schedule, steps, eta, spacing, start)
         self.lam = [0.5 * math.log(ab / (1.0 - ab)) for ab in self.abar]
         self._x0_prev: torch.Tensor | None = None
         self._h_prev: float | None = None
@@ -161,12 +171,13 @@ def randn(shape, generator: GeneratorArg, device=None, dtype=None) -> torch.Tens
 
 # ---------------------------------------------------------------------------- conditioning
 class ConditionedDenoiser:
-    """Binds a network's per-sample conditions (label, z, prior ...) into the `denoiser(x_t, t, ...)`
-    contract and lets `sample()` evaluate both CFG branches in ONE forward pass.
+    """Binds a network's per-sample conditions (label, z, prior, mask ...) into the `denoiser(x_t, t, ...)`
+    contract and lets `sample()` evaluate every classifier-free-guidance branch in ONE forward pass.
 
-    With `batched_cfg = True`, `sample()` calls it with a doubled batch [x; x], timesteps [t; t] and
-    `drop_cond` a bool tensor (2B,) that is True on the second half; the conditions are repeated to
-    match. `drop_cond=True` (a plain bool) drops the condition of every sample.
+    With `batched_cfg = True`, `sample()` calls it with the batch stacked once per branch, [x; x(; x)],
+    timesteps likewise, and per-sample bool flags `drop_cond` (null class, z and prior) and, when a mask
+    is bound, `mask_drop` (null mask); the conditions are repeated to match. A plain bool flag applies to
+    every sample.
     """
 
     batched_cfg = True
@@ -175,56 +186,102 @@ class ConditionedDenoiser:
         self.net = net
         self.conditions = {k: v for k, v in conditions.items() if v is not None}
 
-    def __call__(self, x_t, t, self_cond=None, drop_cond=None):
+    @property
+    def mask_conditioned(self) -> bool:
+        """Whether a given mask is bound (then guidance can act on it separately)."""
+        return "mask" in self.conditions
+
+    def __call__(self, x_t, t, self_cond=None, drop_cond=None, mask_drop=None):
         batch = x_t.shape[0]
         kwargs = {}
         for name, value in self.conditions.items():
             repeats = batch // value.shape[0]
             kwargs[name] = value.repeat(repeats, *([1] * (value.ndim - 1))) if repeats > 1 else value
-        if isinstance(drop_cond, bool):
-            drop_cond = torch.full((batch,), drop_cond, dtype=torch.bool, device=x_t.device)
+        for name, flag in (("drop_cond", drop_cond), ("mask_drop", mask_drop)):
+            if isinstance(flag, bool):
+                flag = torch.full((batch,), flag, dtype=torch.bool, device=x_t.device)
+            if flag is not None:
+                kwargs[name] = flag
         if self_cond is not None:
             kwargs["self_cond"] = self_cond
-        if drop_cond is not None:
-            kwargs["drop_cond"] = drop_cond
         return self.net(x_t, t, **kwargs)
 
 
-def _guided_prediction(denoiser, x_t, t, self_cond, guidance_scale: float) -> torch.Tensor:
-    """The network output, with classifier-free guidance pred = uncond + s (cond - uncond)."""
+def guidance_branches(guidance_scale: float, mask_guidance: float, mask_conditioned: bool) -> list[tuple[bool, bool]]:
+    """The (drop_cond, mask_drop) branches the guided prediction needs, conditional first.
+
+    The composition (InstructPix2Pix's, class inside, mask outside):
+
+        pred = A + s_c (B - A) + s_m (C - B),   A = no class/z/prior, no mask;  B = class/z/prior, no mask;
+                                                C = class/z/prior and mask,
+
+    s_c = guidance_scale, s_m = mask_guidance. s_m scales the mask's effect given the class, s_c the
+    class's effect without the mask; s_c = s_m = 1 is C alone. Without a bound mask B = C, and this is
+    the plain pred = A + s_c (C - A) (mask_guidance then has nothing to act on).
+    """
+    if not mask_conditioned:
+        return [(False, False)] if guidance_scale == 1.0 else [(False, False), (True, False)]
+    branches = [(False, False)]
+    if guidance_scale != 1.0 or mask_guidance != 1.0:
+        branches.append((False, True))
+    if guidance_scale != 1.0:
+        branches.append((True, True))
+    return branches
+
+
+def _guided_prediction(denoiser, x_t, t, self_cond, guidance_scale: float, mask_guidance: float = 1.0) -> torch.Tensor:
+    """The network output under classifier-free guidance (`guidance_branches`' composition)."""
     extra = {} if self_cond is None else {"self_cond": self_cond}
-    if guidance_scale == 1.0:
+    mask_conditioned = bool(getattr(denoiser, "mask_conditioned", False))
+    branches = guidance_branches(guidance_scale, mask_guidance, mask_conditioned)
+    if len(branches) == 1:
         return denoiser(x_t, t, **extra)
+    k, batch = len(branches), x_t.shape[0]
     if getattr(denoiser, "batched_cfg", False):
-        batch = x_t.shape[0]
-        drop = torch.zeros(2 * batch, dtype=torch.bool, device=x_t.device)
-        drop[batch:] = True
-        doubled = {k: torch.cat([v, v]) for k, v in extra.items()}
-        cond, uncond = denoiser(torch.cat([x_t, x_t]), torch.cat([t, t]), drop_cond=drop, **doubled).chunk(2)
+        flags = {"drop_cond": torch.tensor([b[0] for b in branches], device=x_t.device).repeat_interleave(batch)}
+        if mask_conditioned:
+            flags["mask_drop"] = torch.tensor([b[1] for b in branches], device=x_t.device).repeat_interleave(batch)
+        stacked = {key: torch.cat([v] * k) for key, v in extra.items()}
+        outputs = denoiser(torch.cat([x_t] * k), torch.cat([t] * k), **flags, **stacked).chunk(k)
     else:
-        cond = denoiser(x_t, t, **extra)
-        uncond = denoiser(x_t, t, drop_cond=True, **extra)
-    return uncond + guidance_scale * (cond - uncond)
+        outputs = []
+        for drop, mask_drop in branches:
+            flags = {"drop_cond": True} if drop else {}
+            if mask_drop:
+                flags["mask_drop"] = True
+            outputs.append(denoiser(x_t, t, **flags, **extra))
+    out = dict(zip(branches, outputs))
+    if not mask_conditioned:
+        cond, uncond = out[(False, False)], out[(True, False)]
+        return uncond + guidance_scale * (cond - uncond)
+    c = out[(False, False)]
+    b = out.get((False, True), c)
+    a = out.get((True, True), b)  # only read when guidance_scale != 1
+    if guidance_scale == 1.0:
+        return b + mask_guidance * (c - b)
+    return a + guidance_scale * (b - a) + mask_guidance * (c - b)
 
 
 def make_stepper(schedule: NoiseSchedule, prediction_type: str, sampler: str, steps: int, eta: float,
-                 spacing: str) -> _Sampler:
+                 spacing: str, start: int | None = None) -> _Sampler:
     """The configured sampler, after the checks every sampling loop shares (one line each)."""
     check_prediction_type(prediction_type)
     if sampler not in SAMPLERS:
         raise UserError(f"sample.sampler={sampler}: unknown; use one of {', '.join(SAMPLERS)}")
     if eta < 0:
         raise UserError(f"sample.eta={eta}: must be >= 0; set sample.eta")
-    return SAMPLERS[sampler](schedule, steps, eta, spacing)
+    return SAMPLERS[sampler](schedule, steps, eta, spacing, start)
 
 
 def denoise(denoiser, schedule: NoiseSchedule, x: torch.Tensor, t: torch.Tensor, x0_prev, *, prediction_type: str,
-            guidance_scale: float, clip_x0: bool, sigma_data: float, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+            guidance_scale: float, clip_x0: bool, sigma_data: float, dtype,
+            mask_guidance: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(x0, eps) at x_t = x from one (guided) network call; with clip_x0, x0 clipped to [-1, 1] and eps
     made consistent with it."""
     x_in = schedule.network_input(x, t, prediction_type, sigma_data)
-    # guidance on the raw output equals guidance on x0: x0 is affine in it with the same x_t term
-    pred = _guided_prediction(denoiser, x_in, t, x0_prev, guidance_scale).to(dtype)
+    # guidance on the raw output equals guidance on x0: x0 is affine in it with the same x_t term (and the
+    # branch weights of `guidance_branches` sum to 1)
+    pred = _guided_prediction(denoiser, x_in, t, x0_prev, guidance_scale, mask_guidance).to(dtype)
     x0, eps = schedule.x0_and_eps(pred, x, t, prediction_type, sigma_data)
     if clip_x0:
         x0 = x0.clamp(-1.0, 1.0)
@@ -247,6 +304,7 @@ def sample(
     clip_x0: bool = True,
     self_conditioning: bool = False,
     guidance_scale: float = 1.0,
+    mask_guidance: float = 1.0,
     x_T: torch.Tensor | None = None,
     device=None,
     dtype=None,
@@ -259,9 +317,11 @@ def sample(
     denoiser(x_in, t[, self_cond=x0_prev][, drop_cond=True]) returns the `prediction_type` output for a
     LongTensor t of shape (B,); x_in is x_t, or for edm x_t / sqrt(1 - abar + abar sigma_data^2) (EDM's
     c_in x_t / sqrt(abar), see parameterization.py), so a network trained by jsddpm needs no wrapper.
-    With guidance_scale != 1 the prediction is uncond + s (cond - uncond):
-    a plain callable is called twice (the second time with drop_cond=True); one with `batched_cfg = True`
-    (e.g. `ConditionedDenoiser(net, label=..., z=..., prior=...)`) once, on the doubled batch.
+    With guidance_scale != 1 the prediction is uncond + s (cond - uncond), and with a bound mask
+    (`ConditionedDenoiser(..., mask=...)`) `mask_guidance` scales the mask's effect (`guidance_branches`):
+    a plain callable is called once per branch (with drop_cond=True / mask_drop=True where a branch nulls
+    them); one with `batched_cfg = True` (e.g. `ConditionedDenoiser(net, label=..., z=..., prior=...)`)
+    once, on the batch stacked per branch.
     `generator`: one torch.Generator, or a list with one per sample (then sample i depends on generator i
     only). `progress(i, n)` is called after each step. `spacing`: see `spaced_timesteps`. `eta` is DDIM's
     (the config refuses it with the other samplers: ddpm is always ancestral, dpmpp_2m deterministic).
@@ -276,7 +336,8 @@ def sample(
     for i, t_value in enumerate(stepper.timesteps.tolist()):
         t = torch.full((x.shape[0],), t_value, dtype=torch.long, device=x.device)
         x0, eps = denoise(denoiser, schedule, x, t, x0_prev, prediction_type=prediction_type,
-                          guidance_scale=guidance_scale, clip_x0=clip_x0, sigma_data=sigma_data, dtype=dtype)
+                          guidance_scale=guidance_scale, clip_x0=clip_x0, sigma_data=sigma_data, dtype=dtype,
+                          mask_guidance=mask_guidance)
         noise = randn(x.shape, generator, x.device, dtype) if stepper.needs_noise(i) else None
         x = stepper.step(i, x, x0, eps, noise)
         if self_conditioning:

@@ -83,6 +83,7 @@ def build_model(cfg: Any, verbose: bool = True, where: str = "config") -> UNet:
         prior_tokens=int(m.prior_tokens),
         prior_channels=int(m.prior_channels),
         self_conditioning=float(cfg.diffusion.self_conditioning_prob) > 0,
+        mask_conditioning=bool(m.mask_conditioning),
     )
     if verbose:
         print(f"model: UNet with {count_parameters(net):,} parameters "

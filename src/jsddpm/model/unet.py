@@ -30,12 +30,18 @@ PRIOR_MODES = ("none", "concat", "cross_attention")
 
 
 class UNet(nn.Module):
-    """`forward(x_t, t, label=None, z=None, prior=None, self_cond=None, drop_cond=None)`.
+    """`forward(x_t, t, label=None, z=None, prior=None, self_cond=None, drop_cond=None, mask=None, mask_drop=None)`.
 
     Input channels = data channels [+ data channels for self-conditioning] [+ 1 prior channel when
-    prior == "concat"]; output channels = data channels. A missing condition (None) is the null
-    condition; a missing self-conditioning estimate is zeros (the first step of self-conditioning).
-    Labels must lie in 0..num_classes-1 (index num_classes is the null class).
+    prior == "concat"] [+ 1 mask channel with mask_conditioning]; output channels = data channels. A
+    missing condition (None) is the null condition; a missing self-conditioning estimate is zeros (the
+    first step of self-conditioning). Labels must lie in 0..num_classes-1 (index num_classes is the null
+    class). `drop_cond` (bool per sample) nulls class, z and prior; `mask_drop` nulls the mask alone, so
+    the two can be guided separately.
+
+    Mask conditioning: the clean lesion mask, {-1, +1} per pixel, enters as one more input channel; a
+    withheld mask (None, or `mask_drop` set) is the channel at 0, a value no given mask has at any pixel,
+    so every pixel tells the network whether the mask is given (no indicator channel needed).
 
     Inside, feature maps are channels-last (faster convolutions and free token views for attention
     on CPU and GPU); the output is a plain contiguous (B, C, H, W) tensor.
@@ -63,6 +69,7 @@ class UNet(nn.Module):
         prior_tokens: int = 16,
         prior_channels: int = 32,
         self_conditioning: bool = False,
+        mask_conditioning: bool = False,
         channels_last: bool = True,
     ):
         super().__init__()
@@ -71,9 +78,11 @@ class UNet(nn.Module):
         self.data_channels = data_channels
         self.out_channels = data_channels
         self.self_conditioning = self_conditioning
+        self.mask_conditioning = mask_conditioning
         self.prior = prior
         self.channels_last = channels_last
-        self.in_channels = data_channels * (2 if self_conditioning else 1) + (1 if prior == "concat" else 0)
+        self.in_channels = (data_channels * (2 if self_conditioning else 1) + (1 if prior == "concat" else 0)
+                            + (1 if mask_conditioning else 0))
 
         # Scale-shift needs two outputs per channel from each block's projection; a condition vector
         # of 2 * base (not the usual 4 *) keeps those projections as small as an additive one's.
@@ -148,6 +157,8 @@ class UNet(nn.Module):
         prior: torch.Tensor | None = None,
         self_cond: torch.Tensor | None = None,
         drop_cond: torch.Tensor | bool | None = None,
+        mask: torch.Tensor | None = None,
+        mask_drop: torch.Tensor | bool | None = None,
     ) -> torch.Tensor:
         batch, channels = x_t.shape[:2]
         if channels != self.data_channels:
@@ -162,6 +173,12 @@ class UNet(nn.Module):
             if prior is None:
                 prior = x_t.new_zeros(batch, 1, *x_t.shape[2:])
             parts.append(prior * (~drop).to(prior.dtype)[:, None, None, None])
+        if self.mask_conditioning:
+            if mask is None:
+                parts.append(x_t.new_zeros(batch, 1, *x_t.shape[2:]))
+            else:
+                given = ~drop_mask(mask_drop, batch, x_t.device)
+                parts.append(mask.to(x_t.dtype) * given.to(x_t.dtype)[:, None, None, None])
         x = torch.cat(parts, dim=1) if len(parts) > 1 else x_t
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

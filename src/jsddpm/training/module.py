@@ -52,6 +52,18 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def condition_drops(cfg: Any, batch: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-sample training dropout flags from torch's global RNG: `drop` (class, z and prior withheld, with
+    probability diffusion.condition_dropout) and, for a mask-conditioned model, `mask_drop` (mask withheld,
+    train.mask_drop) from a second, independent coin, so that all four (class, mask) combinations are
+    trained and either condition can be guided (`diffusion.samplers.guidance_branches`). The loss keeps
+    every channel: with the mask given, its channel's target is that mask, which the network learns to copy.
+    """
+    drop = torch.rand(batch, device=device) < cfg.diffusion.condition_dropout
+    mask_drop = torch.rand(batch, device=device) < cfg.train.mask_drop if cfg.model.mask_conditioning else None
+    return drop, mask_drop
+
+
 class DiffusionModule(L.LightningModule):
     """`cfg` is the full Config; `cache` a SliceCache (None when only loading weights)."""
 
@@ -68,7 +80,10 @@ class DiffusionModule(L.LightningModule):
         self.position = (0, 0)  # (epoch, batches of it trained on): where the data order resumes
 
     # ------------------------------------------------------------------------------ training
-    def conditions(self, batch: dict, drop: torch.Tensor | None = None) -> dict:
+    def conditions(self, batch: dict, drop: torch.Tensor | None = None, mask_drop=None) -> dict:
+        """The network's condition keywords for a batch. `drop` nulls class, z and prior; `mask_drop` (bool or
+        per-sample flags) withholds the mask condition of a mask-conditioned model, which is the batch's own
+        clean mask (the data's last channel)."""
         m = self.cfg.model
         cond = {"drop_cond": drop}
         if m.num_classes > 0:
@@ -77,6 +92,9 @@ class DiffusionModule(L.LightningModule):
             cond["z"] = batch["z"]
         if m.prior != "none":
             cond["prior"] = batch["prior"]
+        if m.mask_conditioning:
+            cond["mask"] = batch["x"][:, -1:]
+            cond["mask_drop"] = mask_drop
         return cond
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -87,8 +105,7 @@ class DiffusionModule(L.LightningModule):
         t = self.objective.timesteps(b, self.device)
         noise = torch.randn_like(x0)
         x_t = self.schedule.q_sample(x0, t, noise)
-        drop = torch.rand(b, device=self.device) < self.cfg.diffusion.condition_dropout
-        cond = self.conditions(batch, drop)
+        cond = self.conditions(batch, *condition_drops(self.cfg, b, self.device))
         self_cond = self.objective.self_condition(self.net, x_t, t, cond)
         pred = self.net(self.objective.network_input(x_t, t), t, self_cond=self_cond, **cond)
         loss, terms = self.objective(pred, x0, noise, x_t, t)
@@ -116,17 +133,23 @@ class DiffusionModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         """EMA loss at fixed timesteps with noise fixed per (batch, bucket): comparable across epochs."""
         x0 = batch["x"]
-        losses = []
+        losses, given = [], []
         for i, t_value in enumerate(self.bucket_timesteps()):
             g = torch.Generator(device=x0.device).manual_seed(
                 derive_seed(self.cfg.train.seed, VAL_NOISE_KEY, batch_idx, i))
             noise = torch.randn(x0.shape, generator=g, device=x0.device, dtype=x0.dtype)
             t = torch.full((x0.shape[0],), t_value, device=x0.device, dtype=torch.long)
             x_t = self.schedule.q_sample(x0, t, noise)
-            pred = self.ema(self.objective.network_input(x_t, t), t, **self.conditions(batch))
+            # joint mode (mask withheld): comparable with models without mask conditioning
+            pred = self.ema(self.objective.network_input(x_t, t), t, **self.conditions(batch, mask_drop=True))
             losses.append(self.objective.validation_loss(pred, x0, noise, t))
             self.log(f"val/loss_t{t_value}", losses[-1], sync_dist=True)
+            if self.cfg.model.mask_conditioning:
+                pred = self.ema(self.objective.network_input(x_t, t), t, **self.conditions(batch, mask_drop=False))
+                given.append(self.objective.validation_loss(pred, x0, noise, t))
         self.log("val/loss", torch.stack(losses).mean(), prog_bar=True, sync_dist=True)
+        if given:
+            self.log("val/loss_given_mask", torch.stack(given).mean(), sync_dist=True)
 
     # ---------------------------------------------------------------------------------- data
     def _rank(self) -> tuple[int, int]:
