@@ -257,6 +257,28 @@ def test_sample_batch_given_masks_returns_them_exactly_in_one_forward_per_step()
     assert calls == [6] * 4 and not torch.equal(joint[:, -1:], masks)
 
 
+def test_real_unet_stacked_branches_match_one_call_per_branch():
+    cfg = load_config(None, [*TINY, "diffusion.self_conditioning_prob=0.5"])
+    net = random_net(cfg)
+    label, z, mask = torch.tensor([0, 1]), torch.tensor([0.3, 0.7]), binary_masks(2)
+    prior = torch.rand(2, 1, SIZE, SIZE)
+
+    class PerBranch:  # a plain callable: `sample` calls it once per branch with bool flags
+        mask_conditioned = True
+
+        def __call__(self, x_t, t, self_cond, drop_cond=False, mask_drop=False):
+            return net(x_t, t, label=label, z=z, prior=prior, mask=mask, self_cond=self_cond, drop_cond=drop_cond,
+                       mask_drop=mask_drop)
+
+    common = dict(prediction_type="edm", sampler="dpmpp_2m", steps=3, self_conditioning=True, guidance_scale=2.0,
+                  mask_guidance=1.5)
+    stacked = sample(ConditionedDenoiser(net, label=label, z=z, prior=prior, mask=mask), (2, 2, SIZE, SIZE), SCHEDULE,
+                     generator=[torch.Generator().manual_seed(i) for i in range(2)], **common)
+    separate = sample(PerBranch(), (2, 2, SIZE, SIZE), SCHEDULE,
+                      generator=[torch.Generator().manual_seed(i) for i in range(2)], **common)
+    torch.testing.assert_close(stacked, separate, rtol=0, atol=1e-5)
+
+
 def test_given_masks_are_checked():
     from jsddpm.draw import sample_batch
 
