@@ -62,10 +62,10 @@ def coupling(x: torch.Tensor, std: float, rho: float) -> tuple[float, float]:
 @pytest.mark.parametrize("settings", ["defaults", "before"])
 def test_partially_known_gaussian_couples_like_the_exact_conditional(settings):
     """Issue 20 section 4: (k, u) ~ N(0, 0.5^2 [[1, 0.9], [0.9, 1]]) with k known. Exact: u's slope on k is 0.90,
-    its residual std 0.436 x 0.5. The inpaint defaults (ancestral DDPM, 100 steps, 9 re-noising jumps: 1,000
-    calls per result) must give the slope within 0.025 and the residual std within 5%
-    (benchmarks/inpaint_coupling_bench.py has the whole table); the former DPM-Solver++ 30 steps with 2 jumps
-    gave 0.71."""
+    its residual std 0.436 x 0.5. The inpaint defaults (DPM-Solver++ 30 steps, 9 re-noising jumps: 300 calls
+    per result) must give the slope within 0.06 (the issue's reference, ancestral DDPM 250 x 4, gives 0.855)
+    and the residual std within 5% (benchmarks/inpaint_coupling_bench.py has the whole table); the former
+    2 jumps gave 0.71."""
     from jsddpm.config import load_config
     from jsddpm.diffusion.analytic import GaussianDenoiser
 
@@ -81,7 +81,7 @@ def test_partially_known_gaussian_couples_like_the_exact_conditional(settings):
     torch.testing.assert_close(x[:, 0], source[:, 0], rtol=0, atol=0)
     slope, resid = coupling(x, std, rho)
     if settings == "defaults":
-        assert abs(slope - rho) < 0.025 and abs(resid - 1) < 0.05, (slope, resid)
+        assert abs(slope - rho) < 0.06 and abs(resid - 1) < 0.05, (slope, resid)
     else:
         assert slope < 0.75, slope
 
