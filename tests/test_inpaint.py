@@ -86,20 +86,22 @@ def test_partially_known_gaussian_couples_like_the_exact_conditional(settings):
         assert slope < 0.75, slope
 
 
-@pytest.mark.parametrize("strength", [0.02, 0.3, 0.5, 0.8])
-def test_sdedit_strength_is_the_noise_level(strength):
+@pytest.mark.parametrize(("strength", "prediction_type"),
+                         [(0.02, "epsilon"), (0.3, "epsilon"), (0.5, "epsilon"), (0.8, "epsilon"), (0.5, "edm")])
+def test_sdedit_strength_is_the_noise_level(strength, prediction_type):
     """From x_t0 = a x0 + s eps the exact probability-flow ODE of N(MEAN, STD^2) data maps y = x_t0 / a to
     MEAN + (y - MEAN) STD / sqrt(STD^2 + sigma^2), sigma^2 = (1 - abar) / abar: the result keeps the data's
-    law and its correlation with the source is STD / sqrt(STD^2 + sigma_t0^2), with t0 = round(S (T - 1))."""
+    law and its correlation with the source is STD / sqrt(STD^2 + sigma_t0^2), with t0 = round(S (T - 1)).
+    EDM starts at that same level, sigma_t0 (its network is fed the same discrete timesteps)."""
     n = 32000
     source = MEAN + STD * torch.randn(n, 1, generator=torch.Generator().manual_seed(5))
     seen = []
 
     def denoiser(x_in, t):
         seen.append(int(t[0]))
-        return gaussian_denoiser("epsilon")(x_in, t)
+        return gaussian_denoiser(prediction_type)(x_in, t)
 
-    x = sample_known(denoiser, source, SCHEDULE, strength=strength, prediction_type="epsilon", sampler="dpmpp_2m",
+    x = sample_known(denoiser, source, SCHEDULE, strength=strength, prediction_type=prediction_type, sampler="dpmpp_2m",
                      steps=50, generator=torch.Generator().manual_seed(2))
     t0 = round(strength * 999)
     assert seen[0] == t0 and seen == sorted(set(seen), reverse=True)

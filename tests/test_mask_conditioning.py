@@ -147,8 +147,9 @@ SX, SM, RHO = 0.3, 0.6, 0.7
 COV = np.array([[SX**2, RHO * SX * SM], [RHO * SX * SM, SM**2]])
 
 
-def guided_reference(w: float, sde: bool) -> tuple[float, float]:
-    """(slope of x on m, residual std) that sampling with mask guidance w converges to, from the exact branches.
+def guided_reference(w: float, sde: bool) -> tuple[float, float, float]:
+    """(mean of x at m = 0, slope of x on m, residual std) that sampling with mask guidance w converges to, from
+    the exact branches.
 
     In y = x_t / a, sigma = s / a, the withheld branch is the joint posterior mean, whose image part is
     mu_x + P_xx (y_x - mu_x) + P_xm (y_m - mu_m), P = C (C + sigma^2 I)^-1, with y_m the given mask re-noised
@@ -181,7 +182,7 @@ def guided_reference(w: float, sde: bool) -> tuple[float, float]:
         return sol.y[0, -1], sol.y[1, -1]
 
     (m0, v0), (m1, _) = mean_and_var(0.0), mean_and_var(1.0)
-    return m1 - m0, v0**0.5
+    return m0, m1 - m0, v0**0.5
 
 
 def joint_gaussian_net(prediction_type):
@@ -201,7 +202,7 @@ def joint_gaussian_net(prediction_type):
                           ("ddpm", 250, 3.0, "sample")])
 def test_joint_gaussian_image_given_mask(sampler, steps, w, prediction_type):
     """With the mask given (kept known, as `draw.sample_batch` does) the image follows x | m exactly at w = 1
-    (slope cov / var_m = 0.35, residual std 0.214), and mask guidance w moves it as `guided_reference` derives
+    (mean mu_x + 0.35 (m - mu_m), residual std 0.214), and mask guidance w moves it as `guided_reference` derives
     (ODE samplers: slope 0.21 / 0.47 / 0.58 at w = 0 / 2 / 3; ancestral: 0.46 at w = 3); the mask comes back
     exactly."""
     n = 8000
@@ -215,10 +216,13 @@ def test_joint_gaussian_image_given_mask(sampler, steps, w, prediction_type):
     m, img = x[:, 1].double(), x[:, 0].double()
     slope = (((m - m.mean()) * (img - img.mean())).mean() / m.var()).item()
     resid = (img - img.mean() - slope * (m - m.mean())).std().item()
-    ref_slope, ref_resid = guided_reference(w, sampler == "ddpm")
+    ref_at_0, ref_slope, ref_resid = guided_reference(w, sampler == "ddpm")
     if w == 1.0:
+        assert ref_at_0 == pytest.approx(MU[0] - COV[0, 1] / COV[1, 1] * MU[1], abs=1e-4)
         assert ref_slope == pytest.approx(COV[0, 1] / COV[1, 1], abs=1e-4)
         assert ref_resid == pytest.approx((COV[0, 0] - COV[0, 1] ** 2 / COV[1, 1]) ** 0.5, rel=1e-4)
+    # the conditional mean at the masks' mean (intercept and slope together), then its slope and spread
+    assert abs(img.mean().item() - (ref_at_0 + ref_slope * m.mean().item())) < 0.006, (img.mean(), ref_at_0)
     assert abs(slope - ref_slope) < 0.012 and abs(resid / ref_resid - 1) < (0.04 if sampler == "ddpm" else 0.025), \
         (slope, ref_slope, resid, ref_resid)
 
