@@ -133,7 +133,7 @@ def finish_study(diag_dirs: Sequence[Path], out: Path, log: Callable[[str], None
     `out/aggregate` (cross_experiment.csv, grouped tables, variance shares) and `out/study.md`: the
     prediction-type table, the Lp table within the best prediction type, the share of variance in
     severity per factor, and a one-line summary naming the best configuration and dominant factor."""
-    from .diagnose import aggregate
+    from .diagnostics.stage import aggregate
     from .io import atomic_write_text
 
     if len(diag_dirs) < 2:

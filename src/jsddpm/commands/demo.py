@@ -25,7 +25,7 @@ def run(args) -> int:
         ensure_cache,
         ensure_cohort,
         inpaint_stage,
-        report_with_inpainted_row,
+        inpainted_report,
         run_point,
         timed_logger,
         trained_checkpoint,
@@ -46,7 +46,6 @@ def run(args) -> int:
     diag = run_point(cfg, cache, out, log)
     inpainted = inpaint_stage(trained_checkpoint(out / "train"), cache, out / "inpainted", log=log)
     report = out / "report.html"
-    html = report_with_inpainted_row((diag / "report.html").read_text(), inpainted / "grid_inpaint.png")
-    atomic_write_bytes(report, html.encode())  # self-contained: figures are embedded
+    atomic_write_bytes(report, inpainted_report(diag, inpainted, log).read_bytes())  # self-contained
     log(f"demo: done in {(time.perf_counter() - t0) / 60:.1f} min. Open {report}")
     return 0

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+from ..diagnostics.families import NAMES
 from . import add_config_arguments, config_from_args
 
-FAMILIES_HELP = ("spectral, wavelet, texture, boundary, background, spatial, pixel, intensity, morphology, "
-                 "memorization, feature_distance, classifier, utility")
+FAMILIES_HELP = ", ".join(NAMES)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +57,7 @@ def _list_override(key: str, values) -> str:
 
 
 def run(args) -> int:
-    from .. import diagnose
+    from ..diagnostics import stage as diagnose
 
     if args.action == "run-all":
         # `--skip a b key=value`: argparse gives the trailing overrides to the family list

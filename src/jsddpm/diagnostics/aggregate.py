@@ -2,7 +2,7 @@
 from folder names), relative severity, grouped tables, and markdown tables laid out like the
 reference study's (metric rows, experiment / factor-level columns, an "Ideal" column).
 
-Pure functions on loaded dicts; `jsddpm.diagnose.aggregate` reads the folders and writes the files,
+Pure functions on loaded dicts; `stage.aggregate` reads the folders and writes the files,
 and `jsddpm study` can reuse `prediction_type_table`, `lp_table` and `variance_explained`.
 Severities are ranked only when every run computed them over the same components with the same
 definition (severity.comparable_key); otherwise `experiment_rows` refuses with one line saying why.

@@ -40,7 +40,6 @@ from .common import Features, absent, metric
 from .regions import IN_PLANE_8, as_masks, one_blas_thread
 
 NAME = "morphology"
-NEEDS_MASK = True
 LESION_FEATURES = ("area", "perimeter", "circularity", "solidity", "extent", "eccentricity",
                    "major_axis", "minor_axis")
 LOG_FEATURES = ("area", "perimeter", "major_axis", "minor_axis")  # heavy-tailed sizes: log1p before MMD

@@ -19,7 +19,6 @@ from .common import Features, metric
 from .regions import one_blas_thread, tissues
 
 NAME = "texture"
-NEEDS_MASK = False
 GLCM_FEATURES = ("contrast", "dissimilarity", "homogeneity", "energy", "correlation", "entropy")
 ANGLES = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4)
 CHUNK = 128
