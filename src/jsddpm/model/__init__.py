@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..config import PRIOR_MODES, UPSAMPLE_MODES
 from ..errors import UserError
-from .blocks import UPSAMPLE_MODES
-from .unet import PRIOR_MODES, UNet
+from .unet import UNet
 
 __all__ = ["UNet", "build_model", "count_parameters", "data_channels"]
 
