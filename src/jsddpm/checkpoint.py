@@ -7,6 +7,7 @@ docs/internals.md), so they load with `torch.load(..., weights_only=True)`.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,9 @@ class Checkpoint:
 
     @classmethod
     def load(cls, path: str | Path) -> Checkpoint:
-        """Read and check a .ckpt: readable with weights_only=True, a jsddpm record with a config, finite
-        weights. Lightning's optimiser and loop states are dropped (training resumes through Lightning)."""
+        """Read and check a .ckpt: readable with weights_only=True, a jsddpm record with a config that
+        today's schema accepts, finite weights. Lightning's optimiser and loop states are dropped
+        (training resumes through Lightning)."""
         path = Path(path)
         if not path.is_file():
             raise UserError(f"{path}: checkpoint not found; give --ckpt a .ckpt file written by jsddpm train")
@@ -73,7 +75,12 @@ class Checkpoint:
         if bad:
             raise UserError(f"{path}: {len(bad)} weight tensor(s) hold NaN or Inf (e.g. {bad[0]}); "
                             "the training diverged: use an earlier checkpoint or retrain")
-        return cls(path, raw["jsddpm"], raw["state_dict"], raw.get("global_step"))
+        ckpt = cls(path, raw["jsddpm"], raw["state_dict"], raw.get("global_step"))
+        # the config is checked now; one that today's checks refuse fails when used instead, so that
+        # resume can still compare the raw record
+        with contextlib.suppress(UserError):
+            _ = ckpt.config
+        return ckpt
 
     # ------------------------------------------------------------------------------ the config
     @functools.cached_property

@@ -10,18 +10,11 @@ import torch
 from .errors import UserError
 
 
-def condition_names(cfg) -> tuple[str, ...]:
-    """The conditions the network of `cfg` takes besides x_t and t (keyword arguments of its forward):
-    "label" (model.num_classes > 0), "z" (model.z_conditioning), "prior" (model.prior != none). The one
-    place that says so: training batches and generation both pick their conditions with it."""
-    m = cfg.model
-    used = {"label": m.num_classes > 0, "z": bool(m.z_conditioning), "prior": m.prior != "none"}
-    return tuple(name for name, on in used.items() if on)
-
-
 def batch_conditions(cfg, zbins, labels, priors: torch.Tensor | None, device, z=None) -> dict:
     """The network's conditions for a batch to draw: class, z (default: the z-bin centre
     (b + 0.5) / n_zbins) and the z-bin's prior map, each only when the model uses it."""
+    from .model import condition_names
+
     zbins_t = torch.as_tensor(np.asarray(zbins), dtype=torch.long)
     conditions = {}
     names = condition_names(cfg)

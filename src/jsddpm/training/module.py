@@ -17,8 +17,7 @@ import torch
 
 from ..config import to_container
 from ..diffusion.schedule import NoiseSchedule
-from ..draw import condition_names
-from ..model import build_model
+from ..model import build_model, condition_names
 from .ema import EMA
 from .loaders import EpochSampler, SeededItems, derive_seed
 from .objective import Objective
