@@ -26,6 +26,7 @@ SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")  # sample.sampler
 PRECISIONS = ("32", "bf16-mixed", "16-mixed", "64")  # train.precision
 SPLITS = ("train", "val", "test", "all")  # a split of a slice cache, or all of it
 SLICE_LABELS = ("lesion", "group")  # data.slice_label
+MASK_SOURCES = ("bank", "generated")  # `jsddpm inpaint --masks`: real lesion masks, or drawn by the model
 
 
 # --------------------------------------------------------------------------------------- data

@@ -3,12 +3,13 @@
 
 
 def add_arguments(parser) -> None:
+    from ..config import MASK_SOURCES
     from . import add_shared_options
 
     parser.add_argument("--ckpt", required=True, help="checkpoint of a joint image + mask model (jsddpm train)")
     parser.add_argument("--source", required=True, help="slice cache whose lesion-free slices receive the lesions")
     parser.add_argument("--split", default="train", help="split of --source the lesion-free slices come from")
-    parser.add_argument("--masks", default="bank", choices=["bank", "generated"],
+    parser.add_argument("--masks", default="bank", choices=MASK_SOURCES,
                         help="target masks: real lesion masks of other training subjects (bank) or drawn by the "
                              "model (generated)")
     parser.add_argument("--n", type=int, default=32, help="number of results (sources are cycled; default 32)")

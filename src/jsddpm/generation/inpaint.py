@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..checkpoint import Checkpoint
+from ..config import MASK_SOURCES
 from ..errors import UserError
 from ..imaging import image_rgb, mask_rgb, save_png, tile_grid, to_uint8
 from ..regions import IN_PLANE_4, brain_roi, gray
@@ -34,7 +35,6 @@ from .sampling import check_finite, postprocess, sample_batch
 from .sources import diffusion_data, open_source_cache
 from .stage import check_output_folder, resolve_generation_config
 
-MASK_SOURCES = ("bank", "generated")
 GENERATED_MASK_TRIES = 3  # draws per result before `generated` gives up on an empty mask
 
 
