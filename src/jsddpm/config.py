@@ -10,9 +10,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 PRESET_DIR = Path(__file__).parent / "configs"
+
+# ------------------------------------------------------------------------------------ choices
+# The values of each choice key, once, at the bottom of the stack: `validate` checks them and the code
+# that implements them (diffusion/, model/, generation/, training/) imports them from here.
+SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid")  # diffusion.schedule
+PREDICTION_TYPES = ("epsilon", "sample", "v", "edm")  # diffusion.prediction_type
+T_SAMPLINGS = ("uniform", "lognormal")  # diffusion.t_sampling
+UPSAMPLE_MODES = ("bilinear", "bicubic", "nearest", "transposed")  # model.upsample
+PRIOR_MODES = ("none", "concat", "cross_attention")  # model.prior
+SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")  # sample.sampler
+PRECISIONS = ("32", "bf16-mixed", "16-mixed", "64")  # train.precision
+SPLITS = ("train", "val", "test", "all")  # a split of a slice cache, or all of it
+SLICE_LABELS = ("lesion", "group")  # data.slice_label
+MASK_SOURCES = ("bank", "generated")  # `jsddpm inpaint --masks`: real lesion masks, or drawn by the model
 
 
 # --------------------------------------------------------------------------------------- data
@@ -253,10 +267,6 @@ def resolve_preset(path: str | Path) -> Path:
     raise UserError(f"{path}: config file not found; give a YAML path or a preset name ({names})")
 
 
-def _one_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0]
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Any:
     """Schema defaults <- YAML file (a path or a preset name) <- `key=value` overrides."""
     from omegaconf import OmegaConf
@@ -268,7 +278,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         try:
             loaded = OmegaConf.load(src)
         except Exception as exc:  # YAML syntax errors
-            raise UserError(f"{src}: not valid YAML ({_one_line(exc)}); fix the file") from None
+            raise UserError(f"{src}: not valid YAML ({first_line(exc)}); fix the file") from None
         if loaded is None:
             loaded = OmegaConf.create({})
         if not OmegaConf.is_dict(loaded):
@@ -304,22 +314,22 @@ def _config_error(exc: Exception, where: str) -> str:
     from omegaconf.errors import ConfigKeyError
 
     key = getattr(exc, "full_key", None) or "?"
-    msg = _one_line(exc)
+    msg = first_line(exc)
     if isinstance(exc, ConfigKeyError):
         return f"{where}: unknown config key '{key}'; check its spelling against the README's configuration reference"
     return f"{where}: bad value for '{key}': {msg}"
 
 
 _CHOICES = {
-    "diffusion.schedule": ("linear", "cosine", "quadratic", "sigmoid"),
-    "diffusion.prediction_type": ("epsilon", "sample", "v", "edm"),
-    "diffusion.t_sampling": ("uniform", "lognormal"),
-    "model.upsample": ("bilinear", "bicubic", "nearest", "transposed"),
-    "model.prior": ("none", "concat", "cross_attention"),
-    "sample.sampler": ("ddpm", "ddim", "dpmpp_2m"),
-    "train.precision": ("32", "bf16-mixed", "16-mixed", "64"),
-    "diagnostics.real_split": ("train", "val", "test", "all"),
-    "data.slice_label": ("lesion", "group"),
+    "diffusion.schedule": SCHEDULES,
+    "diffusion.prediction_type": PREDICTION_TYPES,
+    "diffusion.t_sampling": T_SAMPLINGS,
+    "model.upsample": UPSAMPLE_MODES,
+    "model.prior": PRIOR_MODES,
+    "sample.sampler": SAMPLERS,
+    "train.precision": PRECISIONS,
+    "diagnostics.real_split": SPLITS,
+    "data.slice_label": SLICE_LABELS,
 }
 
 
@@ -382,8 +392,8 @@ def validate(cfg: Any, where: str, overrides=()) -> None:
         (0.0 < cfg.sample.strength <= 1.0, "sample.strength must be in (0, 1] (1 = plain generation)"),
         (cfg.inpaint.dilate_px >= 0 and cfg.inpaint.resample >= 0 and cfg.inpaint.placement_tries >= 1,
          "inpaint.dilate_px and inpaint.resample must be >= 0, inpaint.placement_tries >= 1"),
-        (str(cfg.diagnostics.utility_train_split) in ("train", "val", "test", "all"),
-         "diagnostics.utility_train_split must be one of train, val, test, all"),
+        (str(cfg.diagnostics.utility_train_split) in SPLITS,
+         f"diagnostics.utility_train_split must be one of {', '.join(SPLITS)}"),
         (cfg.diagnostics.n_null_repeats >= 2, "diagnostics.n_null_repeats must be at least 2 (a null SD needs two)"),
         (cfg.diagnostics.utility_seeds >= 1 and cfg.diagnostics.utility_steps >= 1
          and cfg.diagnostics.utility_batch_size >= 1 and cfg.diagnostics.utility_lr > 0,

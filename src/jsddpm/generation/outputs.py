@@ -11,13 +11,16 @@ from ..imaging import image_rgb, mask_rgb, save_png, tile_grid, to_uint8, triple
 
 
 def write_samples(path: Path, images: np.ndarray, zbins: np.ndarray, labels: np.ndarray, n_zbins: int,
-                  z: np.ndarray | None = None, **extra: np.ndarray) -> None:
+                  z: np.ndarray | None = None, cache_fingerprint: str | None = None, **extra: np.ndarray) -> None:
     """The synthetic-set format: `images` (N, C[+1], H, W) float32 in [-1, 1] (mask last, in {-1, +1}),
-    `zbin`, `label`, `z` (the z conditioned on; default the bin centre), and per-sample vectors in
-    `extra` (index, seed, source_index ...)."""
+    `zbin`, `label`, `z` (the z conditioned on; default the bin centre), per-sample vectors in `extra`
+    (index, seed, source_index ...) and, when the checkpoint recorded it, `cache_fingerprint` (a 0-d str
+    array): the cache the generator was trained on, which exports compare with the cache they export."""
     from ..io import atomic_write_bytes
 
     z = (zbins + 0.5) / n_zbins if z is None else z
+    if cache_fingerprint is not None:
+        extra["cache_fingerprint"] = np.array(str(cache_fingerprint))
     buf = io.BytesIO()
     np.savez(buf, images=images, zbin=zbins, label=labels, z=np.asarray(z, np.float32), **extra)
     atomic_write_bytes(path, buf.getvalue())

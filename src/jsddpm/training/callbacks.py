@@ -16,6 +16,7 @@ import torch
 from lightning.pytorch.callbacks import Timer, TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from ..checkpoint import non_finite_tensors
 from ..errors import Interrupted, UserError
 from ..io import atomic_write_bytes
 
@@ -24,8 +25,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """torch.save into memory, then one atomic rename: a crash never leaves a truncated .ckpt."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        bad = [k for k, v in checkpoint.get("state_dict", {}).items()
-               if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+        bad = non_finite_tensors(checkpoint.get("state_dict", {}))
         if bad:  # the last good checkpoint on disk is never replaced by NaN weights
             raise NonFiniteTraining(f"step {checkpoint.get('global_step', '?')}: {len(bad)} weight tensor(s) "
                                     f"became NaN or Inf (e.g. {bad[0]}); {path} was not written")

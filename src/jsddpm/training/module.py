@@ -17,7 +17,7 @@ import torch
 
 from ..config import to_container
 from ..diffusion.schedule import NoiseSchedule
-from ..model import build_model
+from ..model import build_model, condition_names
 from .ema import EMA
 from .loaders import EpochSampler, SeededItems, derive_seed
 from .objective import Objective
@@ -69,15 +69,8 @@ class DiffusionModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------ training
     def conditions(self, batch: dict, drop: torch.Tensor | None = None) -> dict:
-        m = self.cfg.model
-        cond = {"drop_cond": drop}
-        if m.num_classes > 0:
-            cond["label"] = batch["label"]
-        if m.z_conditioning:
-            cond["z"] = batch["z"]
-        if m.prior != "none":
-            cond["prior"] = batch["prior"]
-        return cond
+        """The network's conditions from a training batch (the slices' own class, z and augmented prior)."""
+        return {"drop_cond": drop, **{name: batch[name] for name in condition_names(self.cfg)}}
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         torch.manual_seed(derive_seed(self.cfg.train.seed, self.global_step, self.global_rank))

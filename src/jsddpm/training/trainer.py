@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..errors import Interrupted, UserError
+from ..errors import Interrupted, UserError, first_line
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -63,9 +63,9 @@ def build_trainer(cfg: Any, out_dir: Path, has_val: bool, extra_callbacks=()):
     try:
         return _trainer(L, t, accelerator, callbacks, out_dir, has_val)
     except (MisconfigurationException, ValueError, TypeError) as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"train.accelerator={t.accelerator}, train.devices={t.devices}, train.strategy={t.strategy}, "
-                        f"train.num_nodes={t.num_nodes}: Lightning cannot use these ({detail}); fix them") from None
+                        f"train.num_nodes={t.num_nodes}: Lightning cannot use these ({first_line(exc)}); "
+                        "fix them") from None
 
 
 def _trainer(L, t, accelerator: str, callbacks: list, out_dir: Path, has_val: bool):
@@ -114,25 +114,6 @@ def resume_path(cfg: Any, out_dir: Path) -> Path | None:
     if not path.is_file():
         raise UserError(f"train.resume={resume}: checkpoint not found; give a .ckpt path, auto, or ''")
     return path
-
-
-def check_resume_compatible(cfg: Any, ckpt_path: Path) -> None:
-    """The network and objective must match the checkpoint's; schedule lengths etc. may change."""
-    from ..checkpoint import load_checkpoint
-    from ..config import from_container, to_container
-
-    stored = load_checkpoint(ckpt_path)["jsddpm"]["config"]
-    try:  # keys added since the checkpoint was written take their defaults, as the run that wrote it had
-        stored = to_container(from_container(stored))
-    except UserError:
-        pass  # a stored value today's checks refuse: compare the raw sections
-    now = to_container(cfg)
-    for section in ("model", "diffusion", "loss"):
-        if stored.get(section) != now.get(section):
-            diff = sorted(k for k in set(stored[section]) | set(now[section])
-                          if stored[section].get(k) != now[section].get(k))
-            raise UserError(f"{ckpt_path}: written with different {section}.* settings ({', '.join(diff)}); "
-                            "resume with the same settings or start a new train.out_dir")
 
 
 def check_train_config(cfg: Any) -> None:
@@ -215,6 +196,7 @@ def train(cfg: Any, callbacks=()) -> Path:
     from lightning.pytorch.utilities import rank_zero_only
 
     from .. import quiet
+    from ..checkpoint import Checkpoint
     from ..data.cache import load_cache
     from ..io import write_run_record
     from .callbacks import TrainingGuard
@@ -228,8 +210,8 @@ def train(cfg: Any, callbacks=()) -> Path:
     check_cache_compatible(cfg, cache)
     out_dir = Path(cfg.train.out_dir)
     ckpt_path = resume_path(cfg, out_dir)
-    if ckpt_path is not None:
-        check_resume_compatible(cfg, ckpt_path)
+    if ckpt_path is not None:  # before anything is written: a refused resume leaves the folder as it was
+        Checkpoint.load(ckpt_path).check_resume(cfg, cache.fingerprint)
     if cfg.train.cpu_threads > 0:
         torch.set_num_threads(int(cfg.train.cpu_threads))
     L.seed_everything(int(cfg.train.seed), workers=True, verbose=False)
