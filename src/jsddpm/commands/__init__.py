@@ -15,16 +15,18 @@ def add_cohort_arguments(parser) -> None:
 
 
 NEW_FOLDER = "output folder (must not exist or be empty)"
+REQUIRED = object()  # `out_default` of an --out the user must give
 
 
-def add_shared_options(parser, *, out: str | bool = False, out_default: str | None = None,
+def add_shared_options(parser, *, out: str | bool = False, out_default=REQUIRED,
                        config: str | bool = False, config_default: str | None = None,
                        overwrite: bool = False, overrides: str | bool = False) -> None:
     """The options several commands take, defined once: `--out`, `--config/-c`, `--overwrite` and the
     trailing `key=value` overrides. Each is added when asked for: True for the usual help, or a command's
-    own help text; `out_default` makes --out optional."""
+    own help text; an `out_default` (None included) makes --out optional."""
     if out:
-        parser.add_argument("--out", required=out_default is None, default=out_default,
+        parser.add_argument("--out", required=out_default is REQUIRED,
+                            default=None if out_default is REQUIRED else out_default,
                             help=NEW_FOLDER if out is True else out)
     if config:
         parser.add_argument("--config", "-c", default=config_default,

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from . import add_cohort_arguments
+from . import add_cohort_arguments, add_shared_options
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--out", default="demo_out", help="output folder (default demo_out); rerun to resume")
+    add_shared_options(parser, out="output folder (default demo_out); rerun to resume", out_default="demo_out")
     parser.add_argument("--minutes", type=float, default=None,
                         help="training budget in minutes (default: the preset's train.max_minutes, 6)")
     add_cohort_arguments(parser)
-    parser.add_argument("--config", "-c", default="demo_cpu", help="config path or preset (default demo_cpu)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    add_shared_options(parser, config="config path or preset (default demo_cpu)", config_default="demo_cpu",
+                       overrides="config overrides")
 
 
 def run(args) -> int:

@@ -36,8 +36,8 @@ import numpy as np
 from scipy import ndimage, stats
 from scipy.spatial import ConvexHull, QhullError
 
-from .common import Features, absent, metric
-from .regions import IN_PLANE_8, as_masks, one_blas_thread
+from .common import Features, absent, metric, one_blas_thread
+from .regions import IN_PLANE_8, as_masks
 
 NAME = "morphology"
 LESION_FEATURES = ("area", "perimeter", "circularity", "solidity", "extent", "eccentricity",

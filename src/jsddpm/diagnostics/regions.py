@@ -1,6 +1,6 @@
-"""Region helpers of the metric families: lesion-centred patches, block-mean downsampling and the
-single-thread BLAS context. The tissue classes (brain ROI, lesion, brain, background) live in
-`jsddpm.regions`, below the stages, since inpainting uses them too; they are re-exported here.
+"""Region helpers of the metric families: lesion-centred patches and block-mean downsampling. The
+tissue classes (brain ROI, lesion, brain, background) live in `jsddpm.regions`, below the stages, since
+inpainting uses them too; they are re-exported here.
 """
 
 from __future__ import annotations
@@ -17,14 +17,6 @@ from ..regions import (  # noqa: F401  (the families' region vocabulary, re-expo
     remove_small_components,
     tissues,
 )
-
-
-def one_blas_thread():
-    """Context for the small matrix products of a `compare`: BLAS threads on matrices this size cost
-    more in hand-offs than they save, and a bootstrap runs hundreds of them."""
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(1, user_api="blas")
 
 
 def lesion_patches(g: np.ndarray, masks: np.ndarray, size: int):

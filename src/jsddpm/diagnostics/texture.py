@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .common import Features, metric
-from .regions import one_blas_thread, tissues
+from .common import Features, metric, one_blas_thread
+from .regions import tissues
 
 NAME = "texture"
 GLCM_FEATURES = ("contrast", "dissimilarity", "homogeneity", "energy", "correlation", "entropy")
