@@ -234,6 +234,49 @@ def test_aggregate_of_a_diagnostics_json_holding_a_list(tmp_path, capsys):
     assert code == 2 and "not a diagnostics record" in line
 
 
+def diagnostics_folder(folder: Path, severity: float = 0.3, **metrics) -> Path:
+    """A diagnostics folder as run-all writes it (severity record, metric records), written with json.dumps,
+    which writes a float NaN as a bare `NaN` (what a hand edit or another tool leaves)."""
+    folder.mkdir(parents=True)
+    values = {"spectral_slope_diff": 0.01, "wavelet_hh_l1_ratio": 0.9, "glcm_dissimilarity_real": 4.0,
+              "glcm_dissimilarity_synth": 4.1, "gradient_mean_real": 0.7, "gradient_mean_synth": 0.71,
+              "background_std_synth": 0.003, "classifier_auc_dithered": 0.6, **metrics}
+    records = {k: {"value": v, "null_mean": 0.0, "null_sd": 0.01} for k, v in values.items()}
+    sev = {"severity": severity, "component_set": ["spectral_slope_diff"], "version": 2}
+    (folder / "diagnostics.json").write_text(json.dumps({"metrics": records, "severity": sev}))
+    return folder
+
+
+@pytest.mark.parametrize("where, bad", [("severity.severity", {"severity": np.nan}),
+                                        ("metrics.spectral_slope_diff.value", {"spectral_slope_diff": np.inf})])
+def test_aggregate_and_criteria_refuse_nan_or_inf_naming_the_file_and_field(tmp_path, capsys, where, bad):
+    good = diagnostics_folder(tmp_path / "good", severity=0.2)
+    damaged = diagnostics_folder(tmp_path / "damaged", **bad)
+    code, line = cli(capsys, "diagnose", "aggregate", good, damaged, "--out", tmp_path / "agg")
+    assert code == 2 and f"{damaged / 'diagnostics.json'}: {where} is " in line and "not a finite number" in line
+    assert not (tmp_path / "agg").exists()
+    code, line = cli(capsys, "diagnose", "criteria", "--baseline", good, "--candidate", damaged)
+    assert code == 2 and f"{damaged / 'diagnostics.json'}: {where} is " in line
+    assert not (damaged / "criteria.json").exists()
+
+
+def test_criteria_exit_codes_and_a_severity_that_is_a_number(tmp_path, capsys):
+    base = diagnostics_folder(tmp_path / "base", severity=0.5)
+    better = diagnostics_folder(tmp_path / "better", severity=0.2)
+    worse = diagnostics_folder(tmp_path / "worse", severity=0.6, wavelet_hh_l1_ratio=0.5)
+    assert cli(capsys, "diagnose", "criteria", "--baseline", base, "--candidate", better)[0] == 0
+    assert cli(capsys, "diagnose", "criteria", "--baseline", base, "--candidate", worse)[0] == 3  # not 1: a bug
+    assert json.loads((worse / "criteria.json").read_text())["all_passed"] is False
+    number = tmp_path / "number"
+    number.mkdir()
+    record = json.loads((better / "diagnostics.json").read_text())
+    (number / "diagnostics.json").write_text(json.dumps(dict(record, severity=0.2)))
+    code, line = cli(capsys, "diagnose", "criteria", "--baseline", base, "--candidate", number)
+    assert code == 2 and f"{number / 'diagnostics.json'}: 'severity' is float 0.2, not the mapping" in line
+    code, line = cli(capsys, "diagnose", "aggregate", base, number, "--out", tmp_path / "agg")
+    assert code == 2 and "'severity' is float 0.2" in line
+
+
 def test_os_errors_and_malformed_files_end_in_one_line_naming_the_path(tmp_path, capsys, monkeypatch):
     """The mechanism: an OSError nobody foresaw still ends in one line with its path, exit 2."""
     import errno
