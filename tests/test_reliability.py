@@ -91,6 +91,24 @@ def test_non_finite_config_numbers_are_refused_naming_where_they_came_from(tmp_p
     assert not out.exists()
 
 
+@pytest.mark.parametrize("given, line", [
+    # the bad key is reported, not a valid key given beside it on the same command line
+    (["inpaint.dilate_px=2", "inpaint.placement_tries=0"],
+     "command-line override inpaint.placement_tries: inpaint.placement_tries must be at least 1"),
+    (["diagnostics.utility_seeds=2", "diagnostics.utility_steps=0"],
+     "command-line override diagnostics.utility_steps: diagnostics.utility_steps must be at least 1"),
+    (["data.augment.crop_scale=0.5"],  # a three-part key is a command-line override too, not "defaults"
+     "command-line override data.augment.crop_scale: data.augment.crop_scale must be >= 1"),
+    (["diffusion.p_mean=1e30"], "command-line override diffusion.p_mean: diffusion.p_mean must be in [-10, 10]"),
+    (["diffusion.p_std=1e30"], "diffusion.p_std must be in (0, 10]"),
+    (["diagnostics.severity_scale=0"], "diagnostics.severity_scale must be > 0"),
+])
+def test_range_checks_name_the_key_to_change(tmp_path, capsys, given, line):
+    code, last = cli(capsys, "train", *given, "train.out_dir=" + str(tmp_path / "run"))
+    assert code == 2 and line in last, last
+    assert not (tmp_path / "run").exists()
+
+
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, capsys, cache):
     out = tmp_path / "run"
     # lr 1e30: step 1 moves the weights to ~1e30 (still finite), step 2's loss overflows
