@@ -282,6 +282,18 @@ def test_last_checkpoint_holds_the_final_step(tmp_path):
     assert last_checkpoint(cfg)["global_step"] == 6
 
 
+def test_image_only_model_on_a_cache_with_masks_trains_on_the_image_channel(tmp_path, capsys):
+    from jsddpm.training.trainer import train
+
+    cfg = tiny_cfg(tmp_path, "model.joint_mask=false", "train.max_steps=4", "train.sample_every_n_epochs=1")
+    train(cfg)  # 4 steps: one epoch, its validation and sample grid included
+    assert "model.joint_mask=false: an image-only model; the masks of" in capsys.readouterr().out
+    ckpt = last_checkpoint(cfg)
+    assert ckpt["global_step"] == 4 and ckpt["jsddpm"]["config"]["model"]["joint_mask"] is False
+    assert ckpt["state_dict"]["net.input_conv.weight"].shape[1] == 2  # the image and its self-conditioning copy
+    assert (tmp_path / "run" / "samples" / "epoch_0001.png").is_file()
+
+
 def test_train_errors_are_one_line(tmp_path):
     from jsddpm.training.trainer import train
 

@@ -240,6 +240,8 @@ def train(cfg: Any, callbacks=()) -> Path:
     if rank_zero_only.rank == 0:
         if not has_val:
             print(f"train: {cache.root} has no val split: no validation, early stopping or best.ckpt")
+        if cache.masks is not None and not cfg.model.joint_mask:
+            print(f"train: model.joint_mask=false: an image-only model; the masks of {cache.root} are not used")
         n_train = len(cache.indices("train"))
         if cfg.train.batch_size > n_train:
             print(f"train: warning: train.batch_size={cfg.train.batch_size} is larger than the {n_train} train "
