@@ -295,6 +295,22 @@ def test_criteria_exit_codes_and_a_severity_that_is_a_number(tmp_path, capsys):
     assert code == 2 and "'severity' is float 0.2" in line
 
 
+def test_inpaint_with_an_impossible_count_is_refused_in_one_line(tmp_path, capsys, demo_cache):
+    from conftest import write_random_checkpoint
+    from test_inpaint import TINY64
+
+    from jsddpm.config import load_config
+    from jsddpm.data.cache import load_cache
+
+    source = load_cache(demo_cache)
+    ckpt = write_random_checkpoint(tmp_path / "last.ckpt", load_config(None, TINY64), 0.1, source.classes,
+                                   source.priors, source.stats["spacing_mm"])
+    code, line = cli(capsys, "inpaint", "--ckpt", ckpt, "--source", demo_cache, "--out", tmp_path / "o",
+                     "--n", 10**15)
+    assert code == 2 and "--n 1000000000000000: " in line and "give at most --n " in line, line
+    assert not (tmp_path / "o").exists() and leftovers(tmp_path) == []
+
+
 def test_os_errors_and_malformed_files_end_in_one_line_naming_the_path(tmp_path, capsys, monkeypatch):
     """The mechanism: an OSError nobody foresaw still ends in one line with its path, exit 2."""
     import errno

@@ -10,7 +10,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--masks", default="bank", choices=["bank", "generated"],
                         help="target masks: real lesion masks of other training subjects (bank) or drawn by the "
                              "model (generated)")
-    parser.add_argument("--n", type=int, default=32, help="number of results (sources are cycled; default 32)")
+    parser.add_argument("--n", type=int, default=32,
+                        help="number of results (sources are cycled; default 32; at most what fits in memory)")
     parser.add_argument("--config", "-c", default=None,
                         help="YAML whose sample and inpaint sections replace the checkpoint's (optional)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
