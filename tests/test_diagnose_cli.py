@@ -129,7 +129,7 @@ def test_criteria_pass_fail_table(tmp_path, capsys):
                                                            gradient_mean_synth=0.66), 0.6)
     assert main(["diagnose", "criteria", "--baseline", str(base), "--candidate", str(good)]) == 0
     assert "7/7 criteria passed" in capsys.readouterr().out
-    assert main(["diagnose", "criteria", "--baseline", str(base), "--candidate", str(bad)]) == 1
+    assert main(["diagnose", "criteria", "--baseline", str(base), "--candidate", str(bad)]) == 3  # not met
     result = json.loads((bad / "criteria.json").read_text())
     failed = {r["criterion"] for r in result["criteria"] if r["passed"] is False}
     assert failed == {"wavelet HH level-1 energy ratio", "gradient magnitude vs real", "severity below the baseline's"}

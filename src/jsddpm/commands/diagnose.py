@@ -46,7 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("report", help="re-render DIR/report.html from DIR/diagnostics.json")
     p.add_argument("dir", help="a diagnostics folder written by run-all")
 
-    p = sub.add_parser("criteria", help="the proposal's success criteria: pass/fail vs a baseline")
+    p = sub.add_parser("criteria", help="the proposal's success criteria: pass/fail vs a baseline (exit 0: all "
+                                        "passed, 3: a criterion failed or is missing, 2: bad input)",
+                       description="Exit status: 0 every criterion passed; 3 a criterion failed or its metric is "
+                                   "missing; 2 an input cannot be used (one line on stderr).")
     p.add_argument("--baseline", required=True, help="diagnostics folder of the baseline model")
     p.add_argument("--candidate", required=True, help="diagnostics folder of the candidate model")
     add_shared_options(p, out="where criteria.csv/json go (default: the candidate folder)", out_default=None)
@@ -87,5 +90,7 @@ def run(args) -> int:
     elif args.action == "criteria":
         rows, text = diagnose.criteria(args.baseline, args.candidate, args.out)
         print(text)
-        return 0 if all(r["passed"] is True for r in rows) else 1
+        from ..diagnostics.criteria import CRITERIA_NOT_MET
+
+        return 0 if all(r["passed"] is True for r in rows) else CRITERIA_NOT_MET
     return 0

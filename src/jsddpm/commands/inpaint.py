@@ -12,7 +12,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--masks", default="bank", choices=MASK_SOURCES,
                         help="target masks: real lesion masks of other training subjects (bank) or drawn by the "
                              "model (generated)")
-    parser.add_argument("--n", type=int, default=32, help="number of results (sources are cycled; default 32)")
+    parser.add_argument("--n", type=int, default=32,
+                        help="number of results (sources are cycled; default 32; at most what fits in memory)")
     add_shared_options(parser, out=True,
                        config="YAML whose sample and inpaint sections replace the checkpoint's (optional)",
                        overwrite=True, overrides="sample.* / inpaint.* overrides, e.g. inpaint.resample=4")

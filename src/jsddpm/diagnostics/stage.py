@@ -276,7 +276,8 @@ def criteria(baseline, candidate, out=None) -> tuple[list[dict], str]:
     """Pass/fail table of the validation protocol; written to `out` (default: the candidate folder)."""
     from . import criteria as crit
 
-    rows = crit.evaluate(read_diagnostics(baseline), read_diagnostics(candidate))
+    rows = crit.evaluate(read_diagnostics(baseline), read_diagnostics(candidate),
+                         names=(str(Path(baseline) / "diagnostics.json"), str(Path(candidate) / "diagnostics.json")))
     text = crit.format_table(rows)
     folder = Path(out) if out else Path(candidate)
     folder.mkdir(parents=True, exist_ok=True)

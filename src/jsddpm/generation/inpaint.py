@@ -200,6 +200,22 @@ def comparison_grid(sources: np.ndarray, results: np.ndarray, ncols: int = 2) ->
     return tile_grid([src, res, mask_rgb(mask), diff_rgb], ncols)
 
 
+def check_result_count(n: int, cfg, memory_bytes: int | None = None) -> None:
+    """UserError unless the `n` results (held in memory until samples.npz is written: each result and its
+    source slice, image and mask channels, float32) fit in this machine's memory."""
+    import os
+
+    if memory_bytes is None:
+        memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    size = int(cfg.data.image_size)
+    per_result = 2 * (int(cfg.model.image_channels) + 1) * size * size * 4
+    most = max(int(memory_bytes // per_result), 1)
+    if n > most:
+        raise UserError(f"--n {n}: {n} results of {size}x{size} px would need {n * per_result / 2**30:.3g} GiB of "
+                        f"memory, this machine has {memory_bytes / 2**30:.3g} GiB; give at most --n {most} (run "
+                        "several inpaint commands with different sample.seed for more)")
+
+
 def inpaint(ckpt_path: str | Path, source: str | Path, out: str | Path, split: str = "train",
             masks: str = "bank", n: int = 32, config_path: str | None = None, overrides=(),
             overwrite: bool = False) -> Path:
@@ -217,6 +233,7 @@ def inpaint(ckpt_path: str | Path, source: str | Path, out: str | Path, split: s
     check_output_folder(out, overwrite, (ckpt_path, source))
     ckpt = Checkpoint.load(ckpt_path)
     cfg = resolve_generation_config(ckpt, config_path, overrides, extra_sections=("inpaint",))
+    check_result_count(n, cfg)
     if not ckpt.joint:
         raise UserError(f"{ckpt_path}: the model draws images without masks (model.joint_mask=false); "
                         "inpaint needs a joint image + mask model")

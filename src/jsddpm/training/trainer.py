@@ -37,27 +37,29 @@ def check_precision(precision: str, accelerator: str) -> str:
 
 def build_trainer(cfg: Any, out_dir: Path, has_val: bool, extra_callbacks=()):
     import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.callbacks import EarlyStopping
 
-    from .callbacks import SampleGrid, progress_callbacks
+    from .callbacks import BestCheckpoint, LastCheckpoint, SampleGrid, progress_callbacks
 
     t = cfg.train
     accelerator = resolve_accelerator(str(t.accelerator))
     ckpt_dir = out_dir / CHECKPOINT_DIR
     callbacks = [
-        # last.ckpt: every ckpt_every_n_steps steps (mid-epoch resume) and at every epoch end
-        ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True,
-                        every_n_train_steps=t.ckpt_every_n_steps or None, save_on_train_epoch_end=True),
+        # last.ckpt: every ckpt_every_n_steps steps (mid-epoch resume), after every epoch and at the end
+        LastCheckpoint(ckpt_dir / "last.ckpt", t.ckpt_every_n_steps),
         SampleGrid(out_dir / "samples", t.sample_every_n_epochs, t.sample_grid_steps),
         *progress_callbacks(bool(t.progress_bar)),  # a bar in a terminal, plain lines in a log
         *extra_callbacks,
     ]
     if has_val:
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min",
+        callbacks.append(BestCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min",
                                          save_top_k=1, auto_insert_metric_name=False,
                                          enable_version_counter=False))
         if t.patience > 0:
-            callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=t.patience))
+            # checked after each validation: at a train epoch end the val/loss seen may be stale, or absent in a
+            # resumed fit that stops (max_steps) before its first validation (Lightning then raises)
+            callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=t.patience,
+                                           check_on_train_epoch_end=False))
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     try:
@@ -220,6 +222,8 @@ def train(cfg: Any, callbacks=()) -> Path:
     if rank_zero_only.rank == 0:
         if not has_val:
             print(f"train: {cache.root} has no val split: no validation, early stopping or best.ckpt")
+        if cache.masks is not None and not cfg.model.joint_mask:
+            print(f"train: model.joint_mask=false: an image-only model; the masks of {cache.root} are not used")
         n_train = len(cache.indices("train"))
         if cfg.train.batch_size > n_train:
             print(f"train: warning: train.batch_size={cfg.train.batch_size} is larger than the {n_train} train "
@@ -234,6 +238,9 @@ def train(cfg: Any, callbacks=()) -> Path:
             # EpochSampler resumes mid-epoch by itself; the EMA copy is in eval mode on purpose
             warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
             warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+            # checkpoints written before LastCheckpoint hold the state of the ModelCheckpoint that wrote last.ckpt
+            warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`.* Please add the "
+                                    r"following callbacks: \[\"ModelCheckpoint\{'monitor': None[^]]*\]\.$")
             try:
                 trainer.fit(module, ckpt_path=ckpt_path)
             except SystemExit:  # Lightning's own exit on a second Ctrl+C or on SIGTERM at an epoch end
