@@ -341,10 +341,14 @@ def edit_after_a_tick(edit) -> None:
 def test_second_load_trusts_the_stamp_and_any_edit_brings_back_the_full_check(stamped_cache):
     root, calls = stamped_cache
     first = load_cache(root)
-    assert (root / "validated.json").is_file() and calls == [True]
+    assert (root / "validated.npz").is_file() and calls == [True]
     second = load_cache(root)
-    assert calls == [True, False]  # values not read again
+    assert calls == [True, False]  # values not read again, index.csv not parsed again: the stamp holds it
     np.testing.assert_array_equal(first.images, second.images)
+    assert list(first.index) == list(second.index)
+    for name, column in first.index.items():
+        assert second.index[name].dtype == column.dtype
+        np.testing.assert_array_equal(second.index[name], column)
 
     images = np.load(root / "images.npy")
     images[1, 0, 3, 3] = np.nan  # same size, same name: only the times tell
@@ -393,7 +397,7 @@ def test_a_fresh_stamp_is_not_trusted_within_the_settle_time(tmp_path, monkeypat
                                                                                  check(cache, values))[1])
     load_cache(root)
     load_cache(root)
-    assert calls == [True, True] and (root / "validated.json").is_file()
+    assert calls == [True, True] and (root / "validated.npz").is_file()
 
 
 def test_read_only_cache_keeps_its_stamp_in_the_user_cache_folder(stamped_cache, tmp_path, monkeypatch):
@@ -401,15 +405,24 @@ def test_read_only_cache_keeps_its_stamp_in_the_user_cache_folder(stamped_cache,
 
     root, calls = stamped_cache
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    write = jsddpm.io.atomic_write_text
+    write = jsddpm.io.atomic_write_bytes
 
-    def read_only(path, text):
+    def read_only(path, data):
         if Path(path).parent == root:
             raise PermissionError(13, "Permission denied", str(path))
-        write(path, text)
+        write(path, data)
 
-    monkeypatch.setattr(jsddpm.io, "atomic_write_text", read_only)
+    monkeypatch.setattr(jsddpm.io, "atomic_write_bytes", read_only)
     load_cache(root)
     load_cache(root)
-    assert calls == [True, False] and not (root / "validated.json").exists()
-    assert len(list((tmp_path / "xdg" / "jsddpm" / "cache_stamps").glob("*.json"))) == 1
+    assert calls == [True, False] and not (root / "validated.npz").exists()
+    assert len(list((tmp_path / "xdg" / "jsddpm" / "cache_stamps").glob("*.npz"))) == 1
+
+
+def test_a_damaged_stamp_only_costs_a_full_check(stamped_cache):
+    root, calls = stamped_cache
+    load_cache(root)
+    (root / "validated.npz").write_bytes(b"PK\x03\x04 not a zip")
+    load_cache(root)
+    load_cache(root)
+    assert calls == [True, True, False]
