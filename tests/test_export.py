@@ -359,3 +359,27 @@ def test_monai_loads_the_datalist(demo_cache, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     cache = load_cache(demo_cache)
     assert f"loaded {len(cache.indices('train')) + len(cache.indices('test'))}" in proc.stdout
+
+
+# ------------------------------------------------------------------------------------ end to end
+def test_an_inpaint_folder_exports_with_its_source_subjects(demo_cache, tmp_path, capsys, one_thread):
+    """A real `jsddpm inpaint` output (tiny random model) -> `jsddpm export nnunet` -> the format rules."""
+    from conftest import write_random_checkpoint
+    from test_inpaint import TINY64
+
+    from jsddpm.config import load_config
+
+    cache = load_cache(demo_cache)
+    cfg = load_config(None, [*TINY64, f"data.cache_dir={demo_cache}"])
+    ckpt = write_random_checkpoint(tmp_path / "last.ckpt", cfg, 0.1, cache.classes, cache.priors,
+                                   cache.stats["spacing_mm"])
+    assert main(["inpaint", "--ckpt", str(ckpt), "--source", str(demo_cache), "--out", str(tmp_path / "inp"),
+                 "--n", "3"]) == 0
+    assert main(["export", "nnunet", "--real", str(demo_cache), "--synthetic", str(tmp_path / "inp"),
+                 "--out", str(tmp_path / "raw"), "--dataset-id", "509", "--name", "Inp", "--folds", "2"]) == 0
+    dataset = tmp_path / "raw" / "Dataset509_Inp"
+    assert check_nnunet_dataset(dataset) == []
+    rows = [r for r in read_cases(dataset).values() if r["kind"] == "synthetic"]
+    sources = np.load(tmp_path / "inp" / "samples.npz")["source_index"]
+    assert [int(r["source_row"]) for r in rows] == sources.tolist()
+    assert [r["subject"] for r in rows] == cache.index["subject_id"][sources].tolist()

@@ -136,7 +136,8 @@ def read_synthetic(folder, cache, tag: str) -> SyntheticSet:
         zbin, label = np.asarray(data["zbin"], np.int64), np.asarray(data["label"], np.int64)
         fidelity = np.asarray(data["fidelity"], np.float64) if "fidelity" in data.files else None
         source_index = np.asarray(data["source_index"], np.int64) if "source_index" in data.files else None
-        fingerprint = str(data["cache_fingerprint"]) if "cache_fingerprint" in data.files else None
+        recorded = np.asarray(data["cache_fingerprint"]).reshape(-1) if "cache_fingerprint" in data.files else []
+        fingerprint = str(recorded[0]) if len(recorded) else None
     n, c, h, w = cache.images.shape
     if images.ndim != 4 or images.shape[1:] != (c + 1, h, w):
         raise UserError(f"{path}: pairs of shape {images.shape[1:]}, but the cache {cache.root} needs image + mask "
