@@ -32,7 +32,8 @@ CASE_COLUMNS = ("case", "role", "fold", "kind", "source", "subject", "z", "zbin"
 @dataclass
 class SyntheticSet:
     """The pairs of one generation or inpaint folder (samples.npz), checked against the real cache."""
-    folder: Path
+    folder: Path  # as cases.csv's `source` names it
+    path: Path  # its samples.npz
     tag: str  # case-name prefix: "syn", or "syn1", "syn2", ... with several folders
     images: np.ndarray  # (N, C + 1, H, W) float32 in [-1, 1], mask last
     zbin: np.ndarray
@@ -126,7 +127,7 @@ def read_synthetic(folder, cache, tag: str) -> SyntheticSet:
 
     folder = Path(folder).resolve()
     path = folder / "samples.npz" if folder.is_dir() else folder
-    if not path.is_file():
+    if not path.is_file() or path.suffix != ".npz":
         raise UserError(f"{folder}: no samples.npz; give a folder written by `jsddpm generate` or `jsddpm inpaint`")
     with reading(path, "synthetic set (.npz)", "regenerate it"), np.load(path, allow_pickle=False) as data:
         missing = [k for k in ("images", "zbin", "label") if k not in data.files]
@@ -160,7 +161,7 @@ def read_synthetic(folder, cache, tag: str) -> SyntheticSet:
             raise UserError(f"{path}: {len(test)} pair(s) were made from test-split slices (e.g. row "
                             f"{source_index[test[0]]}, subject {subject}); a test subject never trains the "
                             "segmenter: inpaint / generate from the train split")
-    return SyntheticSet(folder, tag, images, zbin, label, fidelity, source_index)
+    return SyntheticSet(folder, path, tag, images, zbin, label, fidelity, source_index)
 
 
 def check_provenance(folder: Path, path: Path, fingerprint: str | None, cache) -> None:
@@ -286,7 +287,7 @@ def plan_export(real, synthetic=(), real_fraction: float = 1.0, min_fidelity: fl
 
 def _passing(s: SyntheticSet, threshold: float, notes: list[str]) -> np.ndarray:
     """Rows of `s` whose fidelity is >= threshold; unscored (NaN) pairs do not pass."""
-    path = s.folder / "samples.npz"
+    path = s.path
     if s.fidelity is None or np.isnan(s.fidelity).all():
         raise UserError(f"{path}: its pairs have no fidelity scores; drop --min-fidelity or export scored pairs")
     scored = ~np.isnan(s.fidelity)
@@ -310,39 +311,32 @@ def spacing_of(cache) -> list[float]:
     return [float(spacing[0]), float(spacing[1]), THROUGH_PLANE_MM]
 
 
-def write_case(images_dir: Path, labels_dir: Path | None, name: str, image: np.ndarray, mask: np.ndarray,
-               fmt: str, spacing_mm) -> tuple[list[Path], Path | None]:
-    """One case's files: NIfTI, one `NAME_000c.nii.gz` per image channel (X x Y x 1 in RAS, the cache's
-    in-plane spacing, float32 values exactly as in the cache) + `NAME.nii.gz` uint8 label; or PNG, one `NAME_0000.png`
-    (grey or RGB, 8 bits) + `NAME.png` uint8 label. Returns (image paths, label path). The folder they go
-    into is temporary (atomic_dir), so the files are written directly."""
+def write_case(images_dir: Path, labels_dir: Path, name: str, image: np.ndarray, mask: np.ndarray, fmt: str,
+               spacing_mm) -> tuple[list[Path], Path]:
+    """One case's files. NIfTI: one `NAME_000c.nii.gz` per image channel (X x Y x 1 in RAS at `spacing_mm`,
+    float32 values exactly as in the cache) + a `NAME.nii.gz` uint8 label. PNG: one `NAME_0000.png` (grey or
+    RGB, 8 bits) + a `NAME.png` uint8 label. Returns (image paths, label path). The folders are temporary
+    (atomic_dir), so the files are written directly."""
     images_dir.mkdir(parents=True, exist_ok=True)
+    labels_dir.mkdir(parents=True, exist_ok=True)
     if fmt == "nifti":
         from ..generation.outputs import nifti_bytes, slices_to_ras
 
-        paths = []
-        for c in range(len(image)):
-            paths.append(images_dir / f"{name}_{c:04d}.nii.gz")
-            paths[-1].write_bytes(nifti_bytes(slices_to_ras(image[c][None]).astype(np.float32), spacing_mm, 1))
-        label = None
-        if labels_dir is not None:
-            labels_dir.mkdir(parents=True, exist_ok=True)
-            label = labels_dir / f"{name}.nii.gz"
-            label.write_bytes(nifti_bytes(slices_to_ras(mask[None]).astype(np.uint8), spacing_mm, 1))
+        paths = [images_dir / f"{name}_{c:04d}.nii.gz" for c in range(len(image))]
+        for path, channel in zip(paths, image):
+            path.write_bytes(nifti_bytes(slices_to_ras(channel[None]).astype(np.float32), spacing_mm, 1))
+        label = labels_dir / f"{name}.nii.gz"
+        label.write_bytes(nifti_bytes(slices_to_ras(mask[None]).astype(np.uint8), spacing_mm, 1))
         return paths, label
     from PIL import Image
 
     from ..imaging import to_uint8
 
     pixels = to_uint8(image.transpose(1, 2, 0))
-    path = images_dir / f"{name}_0000.png"
-    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(path, format="PNG")
-    label = None
-    if labels_dir is not None:
-        labels_dir.mkdir(parents=True, exist_ok=True)
-        label = labels_dir / f"{name}.png"
-        Image.fromarray(mask).save(label, format="PNG")
-    return [path], label
+    paths, label = [images_dir / f"{name}_0000.png"], labels_dir / f"{name}.png"
+    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(paths[0], format="PNG")
+    Image.fromarray(mask).save(label, format="PNG")
+    return paths, label
 
 
 def write_cases(root: Path, plan: ExportPlan) -> dict[str, tuple[list[Path], Path]]:
