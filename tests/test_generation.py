@@ -61,7 +61,11 @@ def test_samples_do_not_depend_on_batch_size_or_order(checkpoint):
     one = sample_conditions(net, cfg, ckpt, zbins, labels, index, batch_size=1)
     perm = np.random.default_rng(0).permutation(len(zbins))
     four = sample_conditions(net, cfg, ckpt, zbins[perm], labels[perm], index[perm], batch_size=4)
-    np.testing.assert_allclose(four, one[perm], atol=1e-5)
+    # float32 convolutions pick their kernels by batch size, so round-off differs (~1e-5 per call, carried
+    # through the sampler's steps); a wrong condition or seed per sample would differ by O(0.1).
+    np.testing.assert_allclose(four[:, :-1], one[perm][:, :-1], atol=2e-4)
+    # the mask channel is thresholded at 0: round-off may flip a pixel that sits on the threshold, no more
+    assert (four[:, -1] != one[perm][:, -1]).mean() < 1e-3
     assert one.std(axis=0).mean() > 0.01  # different conditions / indices give different samples
     assert set(np.unique(one[:, -1])) <= {-1.0, 1.0}
 

@@ -208,7 +208,7 @@ class FirstStep(L.Callback):
 
 def test_a_copied_run_folder_resumes_into_its_own_last_ckpt(tmp_path, recwarn):
     """cp -r of a run folder, then train.resume=auto in the copy: last.ckpt is always the newest state."""
-    from jsddpm.checkpoint import load_checkpoint, model_from_checkpoint
+    from jsddpm.checkpoint import Checkpoint
     from jsddpm.training.trainer import train
 
     args = ("train.max_steps=8", "train.ckpt_every_n_steps=1", "train.sample_every_n_epochs=0")
@@ -239,7 +239,7 @@ def test_a_copied_run_folder_resumes_into_its_own_last_ckpt(tmp_path, recwarn):
     assert not [w for w in recwarn if "dirpath has changed" in str(w.message)]
     assert last_checkpoint(original)["global_step"] == 3  # the original folder is untouched
     # what `jsddpm generate --ckpt COPY/checkpoints/last.ckpt` samples with: the newest EMA weights
-    net, _ = model_from_checkpoint(load_checkpoint(copy / "checkpoints" / "last.ckpt"))
+    net = Checkpoint.load(copy / "checkpoints" / "last.ckpt").model()
     for key, value in net.state_dict().items():
         torch.testing.assert_close(value, a["state_dict"][f"ema.module.{key}"], rtol=0, atol=0, msg=key)
 
