@@ -14,12 +14,13 @@ their own masks.
 from __future__ import annotations
 
 import argparse
+import copy
 
 import numpy as np
 import torch
 from scipy import ndimage
 
-from jsddpm.checkpoint import load_checkpoint, model_from_checkpoint, priors_from_checkpoint
+from jsddpm.checkpoint import Checkpoint
 from jsddpm.data.cache import load_cache
 from jsddpm.draw import postprocess, sample_batch
 
@@ -54,8 +55,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    ckpt = load_checkpoint(args.ckpt)
-    net, cfg = model_from_checkpoint(ckpt, True, "cpu")
+    ckpt = Checkpoint.load(args.ckpt)
+    net, cfg = ckpt.model(True, "cpu"), copy.deepcopy(ckpt.config)  # a copy: mask_guidance is set below
     cache = load_cache(args.cache)
     idx = cache.index
     rows = np.flatnonzero((idx["split"] == "train") & (idx["has_lesion"] == 1))
@@ -63,10 +64,10 @@ def main() -> None:
     real = cache.joint(rows)
     masks = real[:, -1:] > 0
     zbins = idx["zbin"][rows]
-    label = list(ckpt["jsddpm"]["classes"]).index("lesion") if cfg.model.num_classes else 0
+    label = ckpt.classes.index("lesion") if cfg.model.num_classes else 0
     labels = np.full(len(rows), label)
     seeds = np.arange(len(rows)) + 1000
-    priors = priors_from_checkpoint(ckpt)
+    priors = ckpt.priors
     print(f"{len(rows)} train-split lesion slices; contrast = (lesion - 2-4 px ring) / brain std, mean +- 95% CI")
     print(f"real slices:                     {summary(contrast(real[:, 0], masks[:, 0]))}")
 

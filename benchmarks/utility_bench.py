@@ -40,7 +40,7 @@ def resized(s, size: int):
     import torch
     import torch.nn.functional as F
 
-    from jsddpm.diagnostics.runner import ImageSet
+    from jsddpm.diagnostics.sets import ImageSet
 
     if s.images.shape[-1] == size:
         return s
@@ -58,7 +58,7 @@ def main() -> None:
     args = ap.parse_intermixed_args()
 
     from jsddpm.config import load_config
-    from jsddpm.diagnose import load_set
+    from jsddpm.diagnostics.sets import load_set
     from jsddpm.diagnostics.utility import run_utility
 
     cfg = load_config(None, args.overrides).diagnostics

@@ -302,7 +302,7 @@ def test_given_masks_are_checked():
 def test_training_with_mask_conditioning_and_the_checkpoint_round_trip(tmp_path):
     from test_training import tiny_cfg
 
-    from jsddpm.checkpoint import load_checkpoint, model_from_checkpoint
+    from jsddpm.checkpoint import Checkpoint
     from jsddpm.draw import sample_batch
     from jsddpm.training.trainer import train
 
@@ -310,14 +310,14 @@ def test_training_with_mask_conditioning_and_the_checkpoint_round_trip(tmp_path)
                    "train.sample_every_n_epochs=1")
     train(cfg)
     run = tmp_path / "run"
-    ckpt = load_checkpoint(run / "checkpoints" / "last.ckpt")
-    assert ckpt["jsddpm"]["config"]["model"]["mask_conditioning"] is True
-    net, loaded = model_from_checkpoint(ckpt, True, "cpu")
-    assert loaded.model.mask_conditioning and net.mask_conditioning and net.in_channels == 2 * 2 + 1  # self-cond
+    ckpt = Checkpoint.load(run / "checkpoints" / "last.ckpt")
+    assert ckpt.record["config"]["model"]["mask_conditioning"] is True and ckpt.mask_conditioned and ckpt.joint
+    net, loaded = ckpt.model(True, "cpu"), ckpt.config
+    assert net.mask_conditioning and net.in_channels == 2 * 2 + 1  # self-cond
     header = next((run / "logs").glob("version_*/metrics.csv")).read_text().splitlines()[0]
     assert "val/loss_given_mask" in header and "val/loss" in header
     assert list((run / "samples").glob("epoch_*.png"))  # the grid callback draws jointly
     masks = torch.where(torch.arange(16.0)[None, None, :, None].expand(2, 1, 16, 16) > 8, 1.0, -1.0)
-    out = sample_batch(net, loaded, [0, 2], [0, 1], [1, 2], ckpt["jsddpm"]["priors"], "cpu", mask=masks)
+    out = sample_batch(net, loaded, [0, 2], [0, 1], [1, 2], ckpt.priors, "cpu", mask=masks)
     torch.testing.assert_close(out[:, -1:], masks, rtol=0, atol=0)
     assert torch.isfinite(out).all()

@@ -11,28 +11,32 @@ from .errors import UserError
 
 
 def batch_conditions(cfg, zbins, labels, priors: torch.Tensor | None, device, z=None, mask=None) -> dict:
-    """The network's conditions for a batch: class, z (default: the z-bin centre (b + 0.5) / n_zbins)
-    and the z-bin's prior map, each only when the model uses it; and the given masks (B, 1, H, W) in
-    {-1, +1} when `mask` is not None (None: withheld, the joint mode of a mask-conditioned model)."""
+    """The network's conditions for a batch to draw: class, z (default: the z-bin centre
+    (b + 0.5) / n_zbins) and the z-bin's prior map, each only when the model uses it; and the given masks
+    (B, 1, H, W) in {-1, +1} when `mask` is not None (None: withheld, the joint mode of a mask-conditioned
+    model)."""
+    from .model import condition_names
+
     zbins_t = torch.as_tensor(np.asarray(zbins), dtype=torch.long)
     conditions = {}
-    if cfg.model.num_classes > 0:
+    names = condition_names(cfg)
+    if "label" in names:
         conditions["label"] = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=device)
-    if cfg.model.z_conditioning:
+    if "z" in names:
         z = (zbins_t.float() + 0.5) / int(cfg.data.n_zbins) if z is None else torch.as_tensor(np.asarray(z))
         conditions["z"] = z.to(device=device, dtype=torch.float32)
-    if cfg.model.prior != "none":
+    if "prior" in names:
         if priors is None:
             raise UserError("checkpoint has no prior maps but model.prior is set; retrain with this version")
         conditions["prior"] = priors[zbins_t].unsqueeze(1).to(device)
     if mask is not None:
-        conditions["mask"] = given_masks(cfg, mask, len(zbins_t)).to(device)
+        conditions["mask"] = given_masks(cfg, mask, len(zbins_t), "mask" in names).to(device)
     return conditions
 
 
-def given_masks(cfg, mask, batch: int) -> torch.Tensor:
+def given_masks(cfg, mask, batch: int, mask_conditioned: bool) -> torch.Tensor:
     """`mask` as a float32 (B, 1, H, W) tensor after the checks a mask condition needs (one line each)."""
-    if not cfg.model.mask_conditioning:
+    if not mask_conditioned:
         raise UserError("given masks need a model trained with model.mask_conditioning=true; this one draws "
                         "image and mask jointly (generate without masks, or inpaint)")
     mask = torch.as_tensor(np.asarray(mask, np.float32))
