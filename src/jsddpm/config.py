@@ -212,8 +212,8 @@ class DiagnosticsConfig:
     memorization_max_side: int = 40  # nearest-neighbour search on block means of at most this side
     feature_extractor_channels: int = 0  # channels a local TorchScript extractor wants (0 = as stored)
     # runner / classifier
-    severity_z0: float = 2.0  # deviations within this many null SDs score 0 in severity
-    severity_scale: float = 4.0  # null SDs beyond severity_z0 over which a component's score reaches 1 - 1/e
+    severity_z0: float = 2.0  # a severity component counts only beyond this many null SDs from the null level
+    severity_scale: float = 1.0  # multiplies every severity component's magnitude scale E (1 = the documented E)
     zbin_min_samples: int = 8  # z-bins with fewer real or synthetic samples get no per-z-bin breakdown
     classifier_crop: int = 64  # random training crops (full resolution, keeps fingerprints); 0 = whole image
     classifier_batch_size: int = 64  # training batch (smaller on tiny sets: at least 8 steps per epoch)
