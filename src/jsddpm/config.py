@@ -101,7 +101,9 @@ class DiffusionConfig:
     schedule: str = "cosine"  # linear | cosine | quadratic | sigmoid
     timesteps: int = 1000  # T: training timesteps t = 0..T-1; samplers visit any N <= T of them
     prediction_type: str = "sample"  # epsilon | sample (x0) | v | edm (Karras et al. 2022 preconditioning)
-    sigma_data: float = 0.5  # edm: the data's standard deviation in c_skip / c_out / c_in (1 = v prediction)
+    # edm: the data's scale in c_skip / c_out / c_in: its RMS, as the data are not centred (demo cache, [-1, 1]:
+    # image 0.88, mask 1.00, both 0.94; EDM's 0.5 is the SD of centred natural images); 1 = v prediction
+    sigma_data: float = 0.9
     t_sampling: str = "uniform"  # training timesteps: uniform over 0..T-1, or lognormal (ln sigma ~ N(p_mean, p_std^2))
     p_mean: float = -1.2  # t_sampling=lognormal: mean of ln sigma, sigma = sqrt((1 - abar) / abar)
     p_std: float = 1.2  # t_sampling=lognormal: standard deviation of ln sigma
