@@ -45,7 +45,9 @@ def test_run_all_writes_json_csv_html_and_report_rerenders(demo_cache, tmp_path,
     assert m["wavelet_hh_l1_ratio"]["value"] < 0.5 and m["gradient_ratio"]["value"] < 0.9
     assert m["hf_ratio_diff"]["value"] < 0
     assert m["spectral_slope_synth"]["value"] > m["spectral_slope_real"]["value"] + 0.3
-    assert diag["severity"]["severity"] > 0.3
+    # graded severity (issue 19): a 1 px blur sits between 0.8 px (~0.2) and 1.2 px (~0.35) on the scale of
+    # benchmarks/severity_blur_bench.py; 0.27 here (the saturating definition before gave > 0.3 to any blur)
+    assert diag["severity"]["severity"] > 0.2
     assert diag["real_set"]["split"] == "test" and diag["train_set"]["split"] == "train"
     assert "classifier" not in diag["families"] and "feature_distance" not in diag["families"]  # --skip
     assert "torch" in diag["versions"] and diag["config"]["diagnostics"]["n_bootstrap"] == 10

@@ -129,7 +129,9 @@ def test_constant_shift(runner):
     m = runner.compare(shifted, families=(intensity, pixel, wavelet))
     assert 0.08 < m["wasserstein_all"] < 0.11
     assert m["ks_all"] > 0.3
-    assert m["pixel_frac_significant"] > 0.5
+    # tested inside the brain since issue 19 (0.24 here): before, the background positions (-1 in every real slice,
+    # -0.9 in every shifted one: zero variance on both sides) counted too and brought it above 0.5
+    assert m["pixel_frac_significant"] > 0.2
     assert m["wavelet_hh_l1_ratio"] == pytest.approx(1.0, abs=0.02)  # a shift has no detail energy
 
 

@@ -74,8 +74,11 @@ def test_subject_resampling_keeps_subjects_whole_and_null_draws_match_the_compar
 
 
 def test_severity_score_mapping_and_relative_severity():
-    assert sev.component_score(0.0) == 0.0 and sev.component_score(2.0) == 0.0
-    assert sev.component_score(6.0) == pytest.approx(1 - math.exp(-1))
+    # the gate is z > z0; beyond it the score follows the excess magnitude (issue 19: it was 1 - exp(-(z - 2) / 4),
+    # which saturated within a few null SDs whatever the size of the defect)
+    assert sev.component_score(0.0, 5.0, 1.0) == 0.0 and sev.component_score(2.0, 5.0, 1.0) == 0.0
+    assert sev.component_score(2.5, 0.5, 0.5) == pytest.approx(1 - math.exp(-1))
+    assert sev.component_score(50.0, 1.0, 0.5) < sev.component_score(3.0, 2.0, 0.5)  # size counts, not z
     assert sev.null_z(0.5, 1.0, 0.1, "greater") == 0.0  # below the null level is not worse
     assert sev.null_z(0.5, 1.0, 0.1, "two-sided") == pytest.approx(5.0)
     comps = {"a": "greater", "b": "two-sided"}

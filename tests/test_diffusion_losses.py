@@ -8,6 +8,7 @@ import torch
 from jsddpm.config import LossConfig
 from jsddpm.diffusion import (
     PREDICTION_TYPES,
+    SIGMA_DATA,
     NoiseSchedule,
     UncertaintyWeighting,
     channel_weight_vector,
@@ -78,7 +79,7 @@ def test_uncertainty_weighting_values_and_unclamped_gradients():
     assert far.log_vars.grad[1].item() == pytest.approx(1.0)
 
 
-def as_prediction(x0_hat, x_t, t, ptype, sigma_data=0.5):
+def as_prediction(x0_hat, x_t, t, ptype, sigma_data=SIGMA_DATA):
     """The output of type `ptype` that implies the x0 estimate `x0_hat` at x_t."""
     eps_hat = SCHEDULE.eps_from_x0(x0_hat, x_t, t)
     return SCHEDULE.training_target(x0_hat, eps_hat, t, ptype, sigma_data)

@@ -7,6 +7,7 @@ import torch
 from jsddpm.config import load_config
 from jsddpm.diffusion import (
     PREDICTION_TYPES,
+    SIGMA_DATA,
     ConditionedDenoiser,
     DDIMSampler,
     DDPMSampler,
@@ -21,7 +22,7 @@ MEAN, STD = 0.3, 0.2
 SCHEDULE = NoiseSchedule("cosine", 1000)
 
 
-def gaussian_denoiser(prediction_type, schedule=SCHEDULE, sigma_data=0.5):
+def gaussian_denoiser(prediction_type, schedule=SCHEDULE, sigma_data=SIGMA_DATA):
     """The exact optimal denoiser for x0 ~ N(MEAN, STD^2): E[x0 | x_t] in closed form, then the
     requested parameterisation of it. edm's network sees c_in x_t / a and answers F = (x0 - c_skip x) / c_out,
     written here from Karras et al.'s sigma form (sigma = s / a, x = x_t / a)."""

@@ -104,7 +104,9 @@ class DiffusionConfig:
     schedule: str = "cosine"  # linear | cosine | quadratic | sigmoid
     timesteps: int = 1000  # T: training timesteps t = 0..T-1; samplers visit any N <= T of them
     prediction_type: str = "sample"  # epsilon | sample (x0) | v | edm (Karras et al. 2022 preconditioning)
-    sigma_data: float = 0.5  # edm: the data's standard deviation in c_skip / c_out / c_in (1 = v prediction)
+    # edm: the data's scale in c_skip / c_out / c_in: its RMS, as the data are not centred (demo cache, [-1, 1]:
+    # image 0.88, mask 1.00, both 0.94; EDM's 0.5 is the SD of centred natural images); 1 = v prediction
+    sigma_data: float = 0.9
     t_sampling: str = "uniform"  # training timesteps: uniform over 0..T-1, or lognormal (ln sigma ~ N(p_mean, p_std^2))
     p_mean: float = -1.2  # t_sampling=lognormal: mean of ln sigma, sigma = sqrt((1 - abar) / abar)
     p_std: float = 1.2  # t_sampling=lognormal: standard deviation of ln sigma
@@ -227,8 +229,8 @@ class DiagnosticsConfig:
     memorization_max_side: int = 40  # nearest-neighbour search on block means of at most this side
     feature_extractor_channels: int = 0  # channels a local TorchScript extractor wants (0 = as stored)
     # runner / classifier
-    severity_z0: float = 2.0  # deviations within this many null SDs score 0 in severity
-    severity_scale: float = 4.0  # null SDs beyond severity_z0 over which a component's score reaches 1 - 1/e
+    severity_z0: float = 2.0  # a severity component counts only beyond this many null SDs from the null level
+    severity_scale: float = 1.0  # multiplies every severity component's magnitude scale E (1 = the documented E)
     zbin_min_samples: int = 8  # z-bins with fewer real or synthetic samples get no per-z-bin breakdown
     classifier_crop: int = 64  # random training crops (full resolution, keeps fingerprints); 0 = whole image
     classifier_batch_size: int = 64  # training batch (smaller on tiny sets: at least 8 steps per epoch)

@@ -113,9 +113,10 @@ METRICS: dict[str, list[MetricDoc]] = {
                   "below 1 = grainier", "1", "autocorrelation"),
     ],
     "pixel": [
-        MetricDoc("pixel_frac_significant", "fraction of pixel positions (block means, longer side <= "
-                  "`diagnostics.pixel_max_side`) whose mean intensity differs between the sets: per-pixel Welch "
-                  "t-test, Benjamini-Hochberg FDR at `diagnostics.fdr_alpha`", "0", "significance_map"),
+        MetricDoc("pixel_frac_significant", "fraction of the pixel positions inside the brain (block means, longer "
+                  "side <= `diagnostics.pixel_max_side`; positions in the brain ROI of at least one slice of either "
+                  "set) whose mean intensity differs between the sets: per-pixel Welch t-test, Benjamini-Hochberg "
+                  "FDR at `diagnostics.fdr_alpha`", "0", "significance_map"),
     ],
     "intensity": [
         MetricDoc("wasserstein_all", "Wasserstein-1 distance between the pooled pixel intensities of the two sets "
@@ -201,15 +202,24 @@ def link(name: str, base: str | None = None) -> tuple[str, str] | None:
     return f"{base or doc_url()}#{doc.anchor}", doc.measures
 
 
+MAGNITUDES = {"distance": "value - null_mean", "difference": "|value - null_mean|",
+              "ratio": "|ln(value / null_mean)|", "relative": "|ln((1 + value) / (1 + null_mean))|"}
+
+
+def _component_cell(comp) -> str:
+    side = "one-sided" if comp.sided == "greater" else "two-sided"
+    return f"{comp.group}; {side}; e = {MAGNITUDES[comp.kind]}, E = {comp.scale:.3g}"
+
+
 def sidedness(doc: MetricDoc) -> str:
-    """Its side in severity, from severity.SEVERITY_COMPONENTS (for a pattern: the components it covers)."""
-    sides = {n: s for n, s in SEVERITY_COMPONENTS.items() if doc.regex().match(n)}
-    words = {"greater": "one-sided (only above the null counts)", "two-sided": "two-sided"}
-    if not sides:
+    """Its place in severity, from severity.SEVERITY_COMPONENTS: group, side, magnitude and scale E (for
+    a pattern: the components it covers)."""
+    comps = {n: c for n, c in SEVERITY_COMPONENTS.items() if doc.regex().match(n)}
+    if not comps:
         return "not a component"
-    if list(sides) == [doc.name]:
-        return words[sides[doc.name]]
-    return "; ".join(f"`{n}`: {words[s]}" for n, s in sides.items()) + "; others: not components"
+    if list(comps) == [doc.name]:
+        return _component_cell(comps[doc.name])
+    return "; ".join(f"`{n}`: {_component_cell(c)}" for n, c in comps.items()) + "; others: not components"
 
 
 def _cell(text: str) -> str:
@@ -231,14 +241,15 @@ def render() -> str:
         "- **ideal**: the value for a synthetic set distributed like the real one. Distances and test statistics "
         "are biased upwards at finite sizes: judge a value against `null_mean` ± `null_sd`, not against 0. A "
         "difference inside the null band is not a finding.",
-        "- **severity**: whether the metric is a component of `severity` and on which side a deviation counts: "
-        "one-sided components count only values above the null level (lower than real-vs-real is not worse), "
-        "two-sided ones count both directions. `severity` = mean over components of "
-        "`1 - exp(-max(z - z0, 0) / scale)`, z = deviation from `null_mean` in (floored) `null_sd` units "
-        "(`diagnostics.severity_z0`, `diagnostics.severity_scale`); a component the synthetic set cannot provide "
-        "while the real set can (no lesions) scores 1. The classifier AUC is reported beside severity, not in it.",
+        "- **severity**: whether the metric is a component of `severity`, and if so its group, its side, its "
+        "magnitude e and its scale E (module docstring of `jsddpm/diagnostics/severity.py`). A component counts only "
+        "beyond `diagnostics.severity_z0` null SDs from `null_mean` (one-sided: only above it; the SD is floored only "
+        "where the null does not vary at all); it then scores `1 - exp(-(e - band) / E)`, band = z0 null SDs in e's "
+        "units, E times `diagnostics.severity_scale`. `severity` = the mean over groups of the mean score of each "
+        "group's components. A component the synthetic set cannot provide while the real set can (no lesions) "
+        "scores 1. The classifier AUC is reported beside severity, not in it.",
         "- **figure**: the panel of the family's figure in the report (also `figures/<family>.png`); the "
-        "headline's `figures/deviations.png` shows every severity component's z.",
+        "headline's `figures/deviations.png` shows every severity component's score by group.",
         "- In a name, `{k}`, `{level}` and `{c}` stand for integers (band, wavelet level, class); "
         f"`{{glcm}}` for {', '.join(GLCM_FEATURES)}; `{{lesion}}` for {', '.join(LESION_FEATURES)}; "
         f"`{{tissue}}` for {', '.join(TISSUES)}; `{{subband}}` for {', '.join(SUBBANDS)}.",

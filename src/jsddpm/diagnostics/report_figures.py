@@ -135,26 +135,44 @@ def sample_grid_figure(samples: dict) -> bytes | None:
 
 
 def deviation_figure(diag: dict) -> bytes | None:
-    comps = (diag.get("severity") or {}).get("components") or {}
+    """Every severity component's score, grouped as severity averages them (older outputs without
+    groups: each component's z against the gate z0)."""
+    sev = diag.get("severity") or {}
+    comps = sev.get("components") or {}
     if not comps:
         return None
-    def capped(k):  # an absent component (mask collapse) is stored with z = None (inf)
-        z = comps[k].get("z")
-        return 50.0 if z is None else min(z, 50.0)
-
-    names = sorted(comps, key=capped)
-    z = [capped(k) for k in names]
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.5, 0.3 * len(names) + 1))
+    groups = sev.get("groups") or {}
+    fig = Figure(figsize=(6.5, 0.3 * (len(comps) + len(groups)) + 1))
     ax = fig.add_subplot(1, 1, 1)
-    z0 = (diag.get("severity") or {}).get("z0", 2.0)
-    ax.barh(range(len(names)), z, color=[SYNTH_COLOUR if v > z0 else "grey" for v in z])
-    ax.axvline(z0, color="k", ls="--", lw=1)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
-    ax.set_xlabel("distance from the real-vs-real level (null SDs; capped at 50)")
-    return _png(fig)
+    if not groups:
+        def capped(k):  # an absent component (mask collapse) is stored with z = None (inf)
+            z = comps[k].get("z")
+            return 50.0 if z is None else min(z, 50.0)
 
+        names = sorted(comps, key=capped)
+        z = [capped(k) for k in names]
+        z0 = sev.get("z0", 2.0)
+        ax.barh(range(len(names)), z, color=[SYNTH_COLOUR if v > z0 else "grey" for v in z])
+        ax.axvline(z0, color="k", ls="--", lw=1)
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+        ax.set_xlabel("distance from the real-vs-real level (null SDs; capped at 50)")
+        return _png(fig)
+    labels, values, colours = [], [], []
+    for g, rec in reversed(list(groups.items())):  # barh draws bottom-up: the first group on top
+        for name in sorted(rec["components"], key=lambda n: comps[n]["score"]):
+            labels.append(f"  {name}")
+            values.append(comps[name]["score"])
+            colours.append(SYNTH_COLOUR if comps[name]["score"] > 0 else "grey")
+        labels.append(f"{g.replace('_', ' ')} (group {rec['score']:.2f})")
+        values.append(rec["score"])
+        colours.append("k")
+    ax.barh(range(len(labels)), values, color=colours)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(f"severity score (0 = within {sev.get('z0', 2.0):g} null SDs of the real-vs-real level)")
+    return _png(fig)
 
 
 # ------------------------------------------------------------------------------------ utility

@@ -1,33 +1,58 @@
-"""Severity: how far a synthetic set sits from real data, in units of real-vs-real variation.
+"""Severity: how far a synthetic set sits from real data, graded by the size of each deviation and
+counted only where real-vs-real variation cannot explain it.
 
-Absolute severity (comparable across runs and projects). For each component metric
+Absolute severity (comparable across runs and projects, in [0, 1]). Every component metric has a
+group, a kind of deviation and a scale E (SEVERITY_COMPONENTS). For a component with runner record
+(value, null_mean, null_sd), where `null_mean` / `null_sd` describe the metric between two sets drawn
+from the real data at the sizes actually compared (runner.py):
 
-    z = deviation(value, null_mean) / max(null_sd, floor)
+1. The gate, in null SDs:  z = deviation(value, null_mean) / null_sd, with `deviation` = value -
+   null_mean clipped at 0 for one-sided components (kind "distance": distances, divergences, KS
+   statistics, fractions; lower than the real-vs-real level is not worse) and |value - null_mean| for
+   two-sided ones. A component counts only when z > z0 (`diagnostics.severity_z0`, default 2). Only a
+   degenerate null (zero variance: a background exactly at -1 in every draw, no pixel ever
+   significant) has its SD replaced by a floor at the metric's resolution (SD_FLOORS); a null that
+   varies keeps its own SD, however small.
+2. The magnitude, in the metric's own units:  e = value - null_mean (kind "distance", clipped at 0),
+   |value - null_mean| ("difference"), |ln(value / null_mean)| ("ratio") or, for a relative
+   difference v = ratio - 1, |ln((1 + v) / (1 + null_mean))| ("relative").
+3. The score:  s = 1 - exp(-max(e - b, 0) / E)  when z > z0, else 0,  where b = z0 null SDs in the
+   units of e (for ratios z0 null_sd / null_mean, the log ratio's SD to first order): only the part
+   of the deviation beyond the null band counts. Subtracting the band keeps the score continuous at
+   the gate; without it a noisy component (lesion-shape MMD, boundary sharpness: null SDs of 0.2-0.7
+   at 200 slices) jumps to ~1 whenever chance carries it past z0 (measured: mask_mmd scored 0.97 in
+   one of four real-vs-real draws, 0 after). E (times `diagnostics.severity_scale`, default 1) is the
+   excess that scores 1 - 1/e = 0.63: e = E/2 -> 0.39, 2E -> 0.86, 3E -> 0.95.
+4. Groups: s is averaged within its group (SEVERITY_GROUPS: fine detail, intensity, background,
+   spatial, mask morphology, pairing), then the groups present are averaged. One defect that many
+   metrics of one kind see (a blur moves six fine-detail metrics) fills at most its group's share.
 
-where `null_mean` / `null_sd` describe the metric between two sets drawn from the real data at the
-sizes actually compared (n_real real slices, clustered by subject as the real set is, against n_synth
-independent slices; runner.py), and `deviation` is `value - null_mean` clipped at 0 for one-sided
-metrics (distances, divergences, KS statistics, fractions: lower than the real-vs-real level is not
-worse) and `|value - null_mean|` for two-sided ones (ratios, signed differences). `floor` is an
-absolute SD floor at the metric's natural resolution (SD_FLOORS), so a null that does not vary at all
-(a background exactly at -1, no pixel ever significant) does not turn float noise into a huge z. The
-score of a component is
+A component the synthetic set cannot provide although the real set can (no lesions, hence no lesion
+shapes or boundaries) scores 1: mask collapse is a maximal deviation, never a missing value.
+`component_set` records which components were averaged; severities over different sets (or older
+definitions, SEVERITY_VERSION) are not comparable: `aggregate` and `criteria` refuse to rank them.
 
-    s = 1 - exp(-max(z - z0, 0) / scale)        (defaults z0 = 2, scale = 4)
-
-so anything inside z0 null SDs scores exactly 0, the score rises smoothly after that and saturates
-towards 1 (z = 6 -> 0.63, z = 10 -> 0.86, z = 20 -> 0.99). A component the synthetic set cannot
-provide although the real set can (no lesions, hence no lesion shapes or boundaries) scores 1: mask
-collapse is a maximal deviation, never a missing value. `severity` is the mean over the components;
-`component_set` records which ones, and severities over different sets (or older definitions) are
-not comparable: `aggregate` and `criteria` refuse to rank them.
+The scales E, in each metric's own units (the comment beside each component says why): energy ratios
+(HF/LF power, finest wavelet energy) ln 4 = 1.4, i.e. a fourfold energy change scores 0.63; amplitude,
+length and count ratios (gradients, correlation length, edge slope, lesions per slice) ln 2 = 0.7;
+spectral slope 0.5 (the quality target is <= 0.4); spectral JS 0.01 bits; KS 0.3; Wasserstein
+0.05 and background SD 0.03 intensity units ([-1, 1] range: 0.03 is ~4 grey levels of 8 bits);
+fraction of pixels significant 0.3; lesion-shape MMD 1 (a one-pixel dilation of every lesion: > 1);
+lesion rate 0.1 (ten points of slices). The known answer (benchmarks/severity_blur_bench.py, four
+draws; tests/test_diagnostics_severity.py): 200 real demo slices against 200 of other subjects blurred
+by a Gaussian of sigma 0.45 / 0.8 / 1.2 / 2 px score 0.06-0.09 / 0.18-0.25 / 0.33-0.38 / 0.48-0.55,
+real vs real 0.00-0.02. Definition 2 (z scores, one mean over the components) gave 0.19-0.27 /
+0.43-0.55 / 0.57-0.64 / 0.67-0.72: each component saturated within a few null SDs, so a barely
+visible blur already scored a third of the heaviest one.
 
 Why real vs real scores near 0: a real-vs-real comparison at these sizes is a draw from the null
-itself, so its z is rarely above z0. The formula does not force the zero; the test does.
+itself, so its z is rarely above z0, and where it is, its excess beyond the band is small. The formula
+does not force the zero; the tests check it.
 
-Mask components: `mask_mmd` (lesion shapes), `boundary_sharpness_ratio` (lesion edges),
-`lesion_rate_diff` (per class, |synthetic - real| fraction of slices carrying a lesion, averaged over
-the classes) and `lesion_count_ratio` (lesions per lesion-carrying slice, synthetic / real).
+Mask components: `mask_mmd` (lesion shapes), `lesion_rate_diff` (per class, |synthetic - real|
+fraction of slices carrying a lesion, averaged over the classes) and `lesion_count_ratio` (lesions per
+lesion-carrying slice, synthetic / real); pairing (the image at its mask): `boundary_sharpness_ratio`
+(lesion edges).
 
 Relative severity (the reference study's style, for one aggregate only): each component's deviation
 min-max normalised across the experiments being compared, then averaged.
@@ -39,30 +64,62 @@ severity stays computable when the (slow) classifier is skipped.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
-SEVERITY_VERSION = 2  # 1: null from real halves, relative SD floor, mask collapse dropped
+SEVERITY_VERSION = 3  # 1: null from real halves, relative SD floor; 2: z scores, plain mean; 3: magnitudes, groups
 
-# component -> sidedness; "greater": only values above the null level count as worse
-SEVERITY_COMPONENTS: dict[str, str] = {
-    "spectral_slope_diff": "greater",
-    "spectral_js": "greater",
-    "hf_ratio_diff": "two-sided",
-    "wavelet_hh_l1_ratio": "two-sided",
-    "texture_ks_mean": "greater",
-    "gradient_ratio": "two-sided",
-    "boundary_sharpness_ratio": "two-sided",
-    "background_std_synth": "two-sided",
-    "spatial_corr_ratio": "two-sided",
-    "pixel_frac_significant": "greater",
-    "wasserstein_all": "greater",
-    "mask_mmd": "greater",
-    "lesion_rate_diff": "greater",
-    "lesion_count_ratio": "two-sided",
+# group -> what its components look at, in the report's order; a group none of whose components a run
+# has is not part of that run's severity
+SEVERITY_GROUPS: dict[str, str] = {
+    "fine_detail": "fine detail (spectrum, finest wavelets, texture, gradients)",
+    "intensity": "intensity (pooled distribution, per-pixel means inside the brain)",
+    "background": "background (outside the head)",
+    "spatial": "spatial correlation (grain size)",
+    "mask_morphology": "mask morphology (lesion shapes, rates, counts)",
+    "pairing": "pairing (does the image agree with its mask)",
 }
 
-# absolute null-SD floors, in each metric's own units: the smallest difference the metric resolves
+
+@dataclass(frozen=True)
+class Component:
+    """A severity component: its group, how its deviation is measured, and the scale of that deviation.
+
+    kind: "distance" (one-sided: value - null_mean, only above the null counts), "ratio" (|ln(value /
+    null_mean)|), "relative" (a relative difference v = ratio - 1: |ln((1 + v) / (1 + null_mean))|) or
+    "difference" (|value - null_mean|). scale: E, the deviation in those units that scores 1 - 1/e."""
+
+    group: str
+    kind: str
+    scale: float
+
+    @property
+    def sided(self) -> str:
+        return "greater" if self.kind == "distance" else "two-sided"
+
+
+LN2, LN4 = math.log(2.0), math.log(4.0)
+# one line per component (a group not yet in SEVERITY_GROUPS is appended to it); E in the magnitude's units
+SEVERITY_COMPONENTS: dict[str, Component] = {
+    "spectral_slope_diff": Component("fine_detail", "distance", 0.5),  # slope units; quality target <= 0.4
+    "spectral_js": Component("fine_detail", "distance", 0.01),  # bits; ~ a 0.8 px blur of the demo slices
+    "hf_ratio_diff": Component("fine_detail", "relative", LN4),  # HF/LF power: a fourfold change
+    "wavelet_hh_l1_ratio": Component("fine_detail", "ratio", LN4),  # finest-level energy: a fourfold change
+    "texture_ks_mean": Component("fine_detail", "distance", 0.3),  # KS: CDFs 0.3 apart
+    "gradient_ratio": Component("fine_detail", "ratio", LN2),  # mean gradient: half or double
+    "wasserstein_all": Component("intensity", "distance", 0.05),  # intensity units: 2.5% of the range
+    "pixel_frac_significant": Component("intensity", "distance", 0.3),  # fraction of the tested positions
+    "background_std_synth": Component("background", "difference", 0.03),  # intensity units: ~4 grey levels
+    "spatial_corr_ratio": Component("spatial", "ratio", LN2),  # correlation length: half or double
+    "mask_mmd": Component("mask_morphology", "distance", 1.0),  # MMD^2: a 1-px dilation of every lesion > 1
+    "lesion_rate_diff": Component("mask_morphology", "distance", 0.1),  # ten points of slices with a lesion
+    "lesion_count_ratio": Component("mask_morphology", "ratio", LN2),  # lesions per slice: half or double
+    "boundary_sharpness_ratio": Component("pairing", "ratio", LN2),  # lesion-edge slope: half or double
+}
+
+# null-SD floors for degenerate nulls (zero variance) only, in each metric's own units: the smallest
+# difference the metric resolves
 INTENSITY_FLOOR = 2e-3  # 0.1 % of the [-1, 1] intensity range (a quarter of an 8-bit grey level)
 SD_FLOORS: dict[str, float] = {
     "spectral_slope_diff": 1e-3,  # spectral slope units (real brain MRI ~3)
@@ -80,10 +137,17 @@ SD_FLOORS: dict[str, float] = {
 }
 RATIO_FLOOR = 1e-3  # ratios and relative differences (value 1 = like real): 0.1 %
 RELATIVE_FLOOR = 1e-3  # metrics in arbitrary units (GLCM means, counts): 0.1 % of the null level
+DEGENERATE_SD = 1e-12  # a null SD at most this (relative to the null mean, or absolute near 0) has no spread
+
+
+def sidedness(name: str) -> str:
+    """'greater' (only above the null level is worse) or 'two-sided'; non-components are two-sided."""
+    comp = SEVERITY_COMPONENTS.get(name)
+    return comp.sided if comp else "two-sided"
 
 
 def sd_floor(name: str, null_mean: float) -> float:
-    """Absolute null-SD floor of metric `name`: its natural resolution (see SD_FLOORS)."""
+    """Null-SD floor of metric `name` for a degenerate null: its natural resolution (see SD_FLOORS)."""
     if name in SD_FLOORS:
         return SD_FLOORS[name]
     if name.endswith("_ratio") or "_ks" in name or name.startswith("ks_"):
@@ -95,6 +159,11 @@ def sd_floor(name: str, null_mean: float) -> float:
     return max(RELATIVE_FLOOR * abs(null_mean), 1e-12)
 
 
+def degenerate(null_sd: float, null_mean: float) -> bool:
+    """True when the null does not vary (float round-off aside): only then does a floor replace its SD."""
+    return not null_sd > DEGENERATE_SD * max(abs(null_mean), 1.0)
+
+
 def deviation(value: float, null_mean: float, sided: str) -> float:
     """Distance of a metric from its real-vs-real level, in the metric's units."""
     d = value - null_mean
@@ -102,24 +171,60 @@ def deviation(value: float, null_mean: float, sided: str) -> float:
 
 
 def null_z(value: float, null_mean: float, null_sd: float, sided: str, floor: float | None = None) -> float:
-    """Deviation from the null in null-SD units; `floor` defaults to a relative one (use `metric_z`)."""
+    """Deviation from the null in null-SD units; `floor` (default: a relative one; `metric_z` uses the
+    metric's own) replaces the SD only when the null is degenerate."""
     floor = max(RELATIVE_FLOOR * abs(null_mean), 1e-12) if floor is None else floor
-    return deviation(value, null_mean, sided) / max(float(null_sd), floor)
+    sd = floor if degenerate(float(null_sd), float(null_mean)) else float(null_sd)
+    return deviation(value, null_mean, sided) / sd
 
 
-def metric_z(name: str, rec: dict) -> float | None:
-    """z of a runner metric record with its sidedness and absolute floor; inf when the synthetic set
-    lacks what the metric needs, None when the metric or its null is missing."""
+def gate_sd(name: str, rec: dict) -> float:
+    """The null SD the gate divides by: the record's own, or the metric's floor where it is degenerate."""
+    sd, mean = float(rec["null_sd"]), float(rec["null_mean"])
+    return sd_floor(name, mean) if degenerate(sd, mean) else sd
+
+
+def metric_z(name: str, rec: dict, sided: str | None = None) -> float | None:
+    """z of a runner metric record (`sided` defaults to the component's side, two-sided for other
+    metrics); inf when the synthetic set lacks what the metric needs, None when the metric or its null
+    is missing."""
     if rec and rec.get("absent_in_synthetic") and rec.get("value") is None:
         return math.inf
     if not _usable(rec):
         return None
-    sided = SEVERITY_COMPONENTS.get(name, "two-sided")
-    return null_z(rec["value"], rec["null_mean"], rec["null_sd"], sided, sd_floor(name, rec["null_mean"]))
+    return deviation(rec["value"], rec["null_mean"], sided or sidedness(name)) / gate_sd(name, rec)
 
 
-def component_score(z: float, z0: float = 2.0, scale: float = 4.0) -> float:
-    return 1.0 - math.exp(-max(z - z0, 0.0) / scale)
+def magnitude(comp: Component, value: float, null_mean: float) -> float:
+    """The deviation of a component from its null level in its own units (see `Component`)."""
+    if comp.kind == "distance":
+        return max(value - null_mean, 0.0)
+    if comp.kind == "difference":
+        return abs(value - null_mean)
+    a, b = _ratio_levels(comp, value, null_mean)
+    return math.inf if a <= 0 else abs(math.log(a / b))
+
+
+def _ratio_levels(comp: Component, value: float, null_mean: float) -> tuple[float, float]:
+    shift = 1.0 if comp.kind == "relative" else 0.0
+    b = null_mean + shift
+    return value + shift, b if b > 0 else 1.0  # a ratio's null level is ~1; a non-positive one is no level
+
+
+def null_band(comp: Component, null_mean: float, sd: float, z0: float) -> float:
+    """z0 null SDs in the units of `magnitude` (for ratios: relative to the null level, the SD of the
+    log ratio to first order)."""
+    if comp.kind in ("distance", "difference"):
+        return z0 * sd
+    return z0 * sd / _ratio_levels(comp, null_mean, null_mean)[1]
+
+
+def component_score(z: float, excess: float, scale: float, z0: float = 2.0) -> float:
+    """0 within z0 null SDs of the null level; beyond it 1 - exp(-excess / scale), `excess` = the
+    magnitude beyond the null band (`magnitude` - `null_band`)."""
+    if not z > z0:
+        return 0.0
+    return 1.0 - math.exp(-max(excess, 0.0) / scale)
 
 
 def _usable(rec: dict | None) -> bool:
@@ -128,24 +233,36 @@ def _usable(rec: dict | None) -> bool:
     )
 
 
-def severity(metrics: dict[str, dict], z0: float = 2.0, scale: float = 4.0,
-             components: dict[str, str] | None = None) -> dict:
-    """{"severity", "components": {name: {"z", "score"[, "absent_in_synthetic"]}}, "missing": [...],
-    "component_set": [...], "version", "z0", "scale"} from runner metrics."""
+def severity(metrics: dict[str, dict], z0: float = 2.0, scale: float = 1.0,
+             components: dict[str, Component] | None = None) -> dict:
+    """{"severity", "groups": {group: {"score", "components"}}, "components": {name: {"group", "z",
+    "magnitude", "excess", "score"[, "absent_in_synthetic"]}}, "missing", "component_set", "version",
+    "z0", "scale"} from runner metrics (see the module docstring). `scale` multiplies every E."""
     components = SEVERITY_COMPONENTS if components is None else components
     parts, missing = {}, []
-    for name in components:
+    for name, comp in components.items():
         rec = metrics.get(name)
-        z = metric_z(name, rec) if rec else None
+        z = metric_z(name, rec, comp.sided) if rec else None
         if z is None:
             missing.append(name)
             continue
-        parts[name] = {"z": z, "score": component_score(z, z0, scale)}
-        if math.isinf(z):
-            parts[name]["absent_in_synthetic"] = rec["absent_in_synthetic"]
-    value = float(np.mean([p["score"] for p in parts.values()])) if parts else None
-    return {"severity": value, "components": parts, "missing": missing, "component_set": sorted(parts),
-            "version": SEVERITY_VERSION, "z0": z0, "scale": scale}
+        if math.isinf(z):  # the synthetic set cannot provide it: a maximal deviation
+            parts[name] = {"group": comp.group, "z": z, "magnitude": math.inf, "excess": math.inf, "score": 1.0,
+                           "absent_in_synthetic": rec["absent_in_synthetic"]}
+            continue
+        e = magnitude(comp, rec["value"], rec["null_mean"])
+        band = null_band(comp, rec["null_mean"], gate_sd(name, rec), z0)
+        parts[name] = {"group": comp.group, "z": z, "magnitude": e, "excess": max(e - band, 0.0),
+                       "score": component_score(z, e - band, comp.scale * scale, z0)}
+    groups: dict[str, dict] = {}
+    for group in dict.fromkeys([*SEVERITY_GROUPS, *(c.group for c in components.values())]):
+        members = [n for n in parts if parts[n]["group"] == group]
+        if members:
+            groups[group] = {"score": float(np.mean([parts[n]["score"] for n in members])),
+                             "components": members}
+    value = float(np.mean([g["score"] for g in groups.values()])) if groups else None
+    return {"severity": value, "groups": groups, "components": parts, "missing": missing,
+            "component_set": sorted(parts), "version": SEVERITY_VERSION, "z0": z0, "scale": scale}
 
 
 def comparable_key(sev: dict | None) -> tuple[int, tuple[str, ...]]:
@@ -190,7 +307,7 @@ def relative_severity(metric_sets: list[dict[str, dict]],
     experiments (no spread to normalise) is left out. With no varying component every experiment
     scores 0.
     """
-    components = SEVERITY_COMPONENTS if components is None else components
+    components = {c: sidedness(c) for c in SEVERITY_COMPONENTS} if components is None else components
     if not metric_sets:
         return []
     shared = [c for c in components if all(_usable(m.get(c)) or _absent(m.get(c)) for m in metric_sets)]

@@ -33,7 +33,7 @@ import torch
 from ..config import PREDICTION_TYPES
 from ..errors import UserError
 
-SIGMA_DATA = 0.5  # EDM's default data scale (config: diffusion.sigma_data)
+SIGMA_DATA = 0.9  # the default data scale (config: diffusion.sigma_data, where its measurement is)
 
 
 def check_prediction_type(prediction_type: str) -> None:
