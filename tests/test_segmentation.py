@@ -86,15 +86,19 @@ def test_early_stopping_stops_keeps_the_best_weights_and_records_it(one_thread):
     settings = seg.SegmenterSettings(widths=(4, 8), max_steps=400, batch_size=8, eval_every=5, patience=3)
     net, rec = seg.train_segmenter(images[:32], masks[:32], settings, 0, images[32:], masks[32:])
     assert rec["converged"] is True and rec["steps"] < 400
-    # stopped `patience` evaluations after the best, but not before a quarter of the step cap
-    assert rec["steps"] == max(rec["best_step"] + 3 * 5, 100)
+    # stopped `patience` evaluations after the best, but not before half the step cap
+    assert rec["steps"] == max(rec["best_step"] + 3 * 5, 200)
     assert max(d for _, d in rec["curve"]) == rec["val_dice"]
     # the returned weights are the best ones: they reproduce the best validation Dice
     assert seg.pooled_dice(seg.predict_masks(net, images[32:]), masks[32:]) == pytest.approx(rec["val_dice"])
-    fixed = seg.SegmenterSettings(widths=(4, 8), max_steps=7, batch_size=8, patience=0)
-    _, rec = seg.train_segmenter(images[:32], masks[:32], fixed, 0, images[32:], masks[32:])
-    assert rec["steps"] == 7 and rec["converged"] is None and rec["curve"] == []
-
+    # patience 0: the whole budget, the best validation checkpoint kept
+    capped = seg.SegmenterSettings(widths=(4, 8), max_steps=40, batch_size=8, eval_every=5, patience=0)
+    net, rec = seg.train_segmenter(images[:32], masks[:32], capped, 0, images[32:], masks[32:])
+    assert rec["steps"] == 40 and len(rec["curve"]) == 8 and isinstance(rec["converged"], bool)
+    assert seg.pooled_dice(seg.predict_masks(net, images[32:]), masks[32:]) == pytest.approx(rec["val_dice"])
+    # no validation slices: a fixed budget, the last weights
+    _, rec = seg.train_segmenter(images[:32], masks[:32], capped, 0)
+    assert rec["steps"] == 40 and rec["converged"] is None and rec["curve"] == [] and rec["val_dice"] is None
 
 def test_trained_on_agreeing_pairs_it_beats_chance(one_thread):
     """Known answer: on held-out pairs its masks agree with the true ones far better than with the masks
@@ -120,34 +124,39 @@ def cache_copy(demo_cache, tmp_path):
     return out
 
 
-def test_reference_segmenter_round_trip_and_retraining(cache_copy, tmp_path, one_thread):
+def test_reference_segmenter_round_trip_and_retraining(cache_copy, tmp_path, one_thread, monkeypatch):
     from jsddpm.data.cache import load_cache
+    from jsddpm.segmentation import reference
 
     cfg = load_config(None, TINY)
     store = tmp_path / "segmenters"
-    model, info = seg.reference_segmenter(cache_copy, cfg, store)
+    first = seg.reference_segmenter(cache_copy, cfg, store)
+    info = first.info
     assert info["source"] == "trained" and info["cache_fingerprint"] == load_cache(cache_copy).fingerprint
     files = list(store.glob("segmenter-*.pt"))
     assert [p.name for p in files] == [f"segmenter-{info['key']}.pt"]
     test = load_cache(cache_copy)
     images = np.asarray(test.images[test.indices("test")], dtype=np.float32)
-    pred = seg.predict_masks(model, images)
+    pred = first.predict(images)
+    assert pred.shape == (len(images), *images.shape[2:]) and pred.dtype == bool
 
-    again, info2 = seg.reference_segmenter(cache_copy, cfg.diagnostics, store)  # the section works as well
+    with monkeypatch.context() as m:  # the second call loads: it must not train
+        m.setattr(reference, "train_reference", lambda *a, **k: pytest.fail("trained again"))
+        again = seg.reference_segmenter(cache_copy, cfg.diagnostics, store)  # the section works as well
+    info2 = again.info
     assert info2["source"] == "loaded" and info2["key"] == info["key"]
     assert info2["training"] == info["training"] and info2["settings"] == info["settings"]
-    assert np.array_equal(seg.predict_masks(again, images), pred)
-    model_l, _ = seg.load_segmenter(files[0])
-    assert np.array_equal(seg.predict_masks(model_l, images), pred)
+    assert np.array_equal(again.predict(images), pred)
+    assert np.array_equal(seg.load_segmenter(files[0]).predict(images), pred)
 
     # other settings: another file, trained
-    _, other = seg.reference_segmenter(cache_copy, load_config(None, TINY + ["diagnostics.utility_lr=1e-3"]), store)
+    other = seg.reference_segmenter(cache_copy, load_config(None, TINY + ["diagnostics.utility_lr=1e-3"]), store).info
     assert other["source"] == "trained" and other["key"] != info["key"]
     # another cache content (its index edited): another fingerprint, trained again
     stats = json.loads((cache_copy / "stats.json").read_text())
     stats["note"] = "edited"
     (cache_copy / "stats.json").write_text(json.dumps(stats))
-    _, edited = seg.reference_segmenter(cache_copy, cfg, store)
+    edited = seg.reference_segmenter(cache_copy, cfg, store).info
     assert edited["source"] == "trained" and edited["cache_fingerprint"] != info["cache_fingerprint"]
     assert len(list(store.glob("segmenter-*.pt"))) == 3 and not list(store.glob(".*tmp*"))
 

@@ -212,19 +212,20 @@ class DiagnosticsConfig:
     # (they are scored on real_split)
     utility_train_split: str = "train"
     utility_seeds: int = 3  # segmenters per arm (seeds seed, seed + 1, ...); the same seeds in every arm
-    # Adam steps per segmenter at most; early stopping (utility_patience) usually ends training sooner
-    utility_steps: int = 1500
+    # Adam steps per segmenter at most (the span of its cosine learning-rate decay); the weights kept are
+    # those of the best validation Dice (early stopping: utility_patience)
+    utility_steps: int = 600
     # steps between validation Dice evaluations (pooled over the validation subjects' lesion slices)
     utility_eval_every: int = 25
-    # evaluations without a better validation Dice before a segmenter stops (best weights kept); 0 = no
-    # early stopping: utility_steps steps with a cosine-decayed learning rate, as the protocol was before
+    # evaluations without a better validation Dice before a segmenter halts (never before half of
+    # utility_steps, nor while its validation Dice is 0: slow starters climb late); 0 = no halting, every
+    # segmenter runs utility_steps and keeps its best validation checkpoint
     utility_patience: int = 8
     # share of the real training subjects with lesions held out (subject-disjoint) as the validation split
     utility_val_fraction: float = 0.2
     utility_batch_size: int = 16  # slices per step
-    # Adam learning rate (constant after a short warm-up with early stopping, else cosine-decayed to 0);
-    # 1e-2 let one seed in three collapse to Dice 0
-    utility_lr: float = 3e-3
+    # peak Adam learning rate (cosine decay to 0 over utility_steps, after a short warm-up)
+    utility_lr: float = 6e-3
     # channels per level of the segmentation UNet (multiples of 4)
     utility_widths: list[int] = field(default_factory=lambda: [8, 16, 32])
     utility_lesion_fraction: float = 0.5  # share of each batch drawn from lesion slices (when the arm has any)

@@ -5,6 +5,10 @@ fidelity filter and the pairing / utility diagnostics share one trained model.
 File: `<store_dir>/segmenter-<key>.pt`, `torch.load(weights_only=True)`-loadable: {"format", "version",
 "state_dict", "info"}; info holds the settings, seed, split, cache fingerprint, training record and the
 digest of the training data. File I/O lives in `save_segmenter` / `load_segmenter` only.
+
+    seg = reference_segmenter(cache, cfg, out_dir)      # a Segmenter: trained once, then loaded
+    masks = seg.predict(images)                         # (N, C, H, W) in [-1, 1] -> (N, H, W) bool
+    fidelity = pair_dice(masks, synthetic_masks)        # (N,) per-pair Dice (segmentation.scoring)
 """
 
 from __future__ import annotations
@@ -14,16 +18,37 @@ import io
 import json
 import pickle
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
 from .network import segmentation_unet
-from .training import SegmenterSettings, one_torch_thread, settings_from_config, split_for_validation, train_segmenter
+from .training import (
+    SegmenterSettings,
+    one_torch_thread,
+    predict_masks,
+    settings_from_config,
+    split_for_validation,
+    train_segmenter,
+)
 
 FORMAT = "jsddpm-segmenter"
 VERSION = 1
+
+
+@dataclass
+class Segmenter:
+    """A trained lesion segmenter: `network` (torch module, eval mode) and `info` (settings, seed, training
+    record, data digest; from `reference_segmenter` also path, key, cache_fingerprint, split, source)."""
+
+    network: object
+    info: dict
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """(N, H, W) bool lesion masks of (N, C, H, W) images in [-1, 1] (probability above 0.5)."""
+        return predict_masks(self.network, images)
 
 
 def data_digest(images: np.ndarray, masks: np.ndarray, subject: np.ndarray | None) -> str:
@@ -45,7 +70,7 @@ def segmenter_key(fingerprint: str, settings: SegmenterSettings, seed: int, spli
 
 
 def train_reference(images: np.ndarray, masks: np.ndarray, subject: np.ndarray | None,
-                    settings: SegmenterSettings, seed: int) -> tuple[object, dict]:
+                    settings: SegmenterSettings, seed: int) -> Segmenter:
     """The real arm's first segmenter: validation subjects carved from the training set, early stopping on
     them. Pure (arrays in, network and record out); `run_utility` trains its `real` arm the same way."""
     t0 = time.perf_counter()
@@ -58,22 +83,24 @@ def train_reference(images: np.ndarray, masks: np.ndarray, subject: np.ndarray |
             "n_val_lesion_slices": int(masks[val].reshape(len(val), -1).any(axis=1).sum()),
             "data_digest": data_digest(images, masks, subject), "training": record,
             "seconds": time.perf_counter() - t0}
-    return model, info
+    return Segmenter(model, info)
 
 
-def save_segmenter(path, model, info: dict) -> None:
+def save_segmenter(path, segmenter: Segmenter) -> None:
     """Write the segmenter file atomically (nothing half-written survives a crash)."""
     import torch
 
     from ..io import atomic_write_bytes
 
     buf = io.BytesIO()
-    torch.save({"format": FORMAT, "version": VERSION, "state_dict": model.state_dict(), "info": info}, buf)
+    torch.save({"format": FORMAT, "version": VERSION, "state_dict": segmenter.network.state_dict(),
+                "info": segmenter.info}, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_segmenter(path) -> tuple[object, dict]:
-    """(network in eval mode, info) from a file of `save_segmenter`; a damaged or foreign file is a UserError."""
+def load_segmenter(path) -> Segmenter:
+    """The segmenter of a file of `save_segmenter` (network in eval mode); a damaged or foreign file is a
+    UserError."""
     import torch
 
     path = Path(path)
@@ -87,15 +114,15 @@ def load_segmenter(path) -> tuple[object, dict]:
     except (OSError, RuntimeError, ValueError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as exc:
         raise UserError(f"{path}: cannot read the stored segmenter ({type(exc).__name__}: {exc}); delete the "
                         "file, the next run trains it again") from exc
-    return model.eval(), info
+    return Segmenter(model.eval(), info)
 
 
-def reference_segmenter(cache, cfg, store_dir, progress=None) -> tuple[object, dict]:
+def reference_segmenter(cache, cfg, store_dir, progress=None) -> Segmenter:
     """The reference segmenter of `cache` (a `SliceCache` or its folder) under `cfg` (the config or its
     diagnostics section: the `utility_*` keys, `seed`, `utility_train_split`): loaded from `store_dir` when
     a file for this (cache fingerprint, settings) exists, else trained on the cache's training split
-    and written there. Returns (network in eval mode, info): info adds `path`, `key`, `cache_fingerprint`,
-    `split` and `source` ("loaded" or "trained") to the training record of `train_reference`."""
+    and written there. Its info adds `path`, `key`, `cache_fingerprint`, `split` and `source` ("loaded" or
+    "trained") to the record of `train_reference`."""
     from ..data.cache import SliceCache, load_cache
 
     cache = cache if isinstance(cache, SliceCache) else load_cache(cache)
@@ -106,10 +133,11 @@ def reference_segmenter(cache, cfg, store_dir, progress=None) -> tuple[object, d
     path = Path(store_dir) / f"segmenter-{key}.pt"
     where = {"path": str(path), "key": key, "cache_fingerprint": fingerprint, "split": split}
     if path.is_file():
-        model, info = load_segmenter(path)
+        stored = load_segmenter(path)
+        info = stored.info
         if (info.get("cache_fingerprint"), info.get("settings"), info.get("seed"), info.get("split")) == (
                 fingerprint, settings.as_dict(), seed, split):
-            return model, dict(info, **where, source="loaded")
+            return Segmenter(stored.network, dict(info, **where, source="loaded"))
         if progress:  # a file of this name for other inputs: only a hash collision or a hand-made file
             progress(f"segmenter: {path} was made for another cache or settings; training it again")
     idx = cache.indices(split)
@@ -124,7 +152,7 @@ def reference_segmenter(cache, cfg, store_dir, progress=None) -> tuple[object, d
                         "to find them")
     if progress:
         progress(f"segmenter: training the reference segmenter on {len(idx)} slices of {cache.root} ({split})")
-    model, info = train_reference(images, masks, subject, settings, seed)
-    info.update(cache_fingerprint=fingerprint, split=split, key=key)
-    save_segmenter(path, model, info)
-    return model, dict(info, **where, source="trained")
+    trained = train_reference(images, masks, subject, settings, seed)
+    trained.info.update(cache_fingerprint=fingerprint, split=split, key=key)
+    save_segmenter(path, trained)
+    return Segmenter(trained.network, dict(trained.info, **where, source="trained"))

@@ -15,13 +15,17 @@ from .network import LESION_WEIGHT, dice_bce_loss, segmentation_unet
 from .scoring import pooled_dice
 
 EVAL_BATCH = 256
-# early stopping evaluates (and returns) an exponential moving average of the weights: at a constant
-# learning rate single-step weights swing by ~0.1 validation Dice between evaluations, the average by a
-# fraction of that, so "no better evaluation for a while" means a plateau rather than noise
+# validation scores (and training returns) an exponential moving average of the weights: at a high
+# learning rate the weights of single steps swing by ~0.1 validation Dice between evaluations, their
+# average far less, so the best evaluation picks a good model rather than a lucky swing
 EMA_DECAY = 0.95
-# no stop before this share of the step cap: a segmenter's validation Dice can sit at 0 for its first
-# ~100-200 steps (the lesion logit is still learning to rise above the background) before it climbs
-MIN_STEPS_SHARE = 0.25
+# a halt (patience > 0) comes no sooner than this share of the step cap, nor while the validation Dice has
+# stayed 0: a segmenter can find no lesion for its first ~100-300 steps (its lesion logit still below the
+# background's) and then climb
+MIN_STEPS_SHARE = 0.5
+# a segmenter that runs to the step cap counts as converged when the best validation Dice of its last
+# quarter of steps beats that of the quarter before by less than this (the curve has flattened)
+PLATEAU_TOLERANCE = 0.03
 VALIDATION_STREAM = 2  # the validation carve draws from numpy's Generator([seed, VALIDATION_STREAM])
 
 
@@ -30,13 +34,13 @@ class SegmenterSettings:
     """How one segmenter trains (the `diagnostics.utility_*` keys, see config.py)."""
 
     widths: tuple[int, ...] = (8, 16, 32)  # channels per UNet level
-    max_steps: int = 2000  # Adam steps at most
+    max_steps: int = 600  # Adam steps at most (the span of the cosine learning-rate decay)
     batch_size: int = 16
-    lr: float = 3e-3
+    lr: float = 6e-3  # peak learning rate
     crop: float = 0.5  # training crops of this fraction of the image side
     lesion_fraction: float = 0.5  # share of each batch drawn from lesion slices
     eval_every: int = 25  # steps between validation Dice evaluations
-    patience: int = 8  # evaluations without a better validation Dice before stopping; 0 = no early stopping
+    patience: int = 8  # evaluations without a better validation Dice before halting; 0 = run to max_steps
     val_fraction: float = 0.2  # share of the training subjects with lesions held out for validation
 
     def as_dict(self) -> dict:
@@ -135,14 +139,16 @@ def train_segmenter(images: np.ndarray, masks: np.ndarray, settings: SegmenterSe
     `images` (N, C, H, W) float32 in [-1, 1], `masks` (N, H, W) bool. Each step draws `batch_size`
     slices (`lesion_fraction` of them from lesion slices, when there are any), crops them to `crop` of
     the side (lesion draws keep a lesion pixel inside) and flips half of them left-right.
-    With validation slices that hold lesions and `patience` > 0: a constant learning rate after a short
-    warm-up; every `eval_every` steps the pooled Dice of the weights' moving average (`EMA_DECAY`) on the
-    validation lesion slices; training stops when `patience` evaluations in a row did not beat the best
-    (never before `MIN_STEPS_SHARE` of `max_steps`) and the best averaged weights are returned
-    (converged), else at `max_steps` (not converged). Without them: `max_steps` steps at a cosine-decayed
-    learning rate, the last weights (a fixed budget; converged is None). Deterministic on CPU: weights and
-    draws depend on `seed` only. `callback(step, net)`, when given, runs after every step. Record: steps,
-    best_step, val_dice (best), converged, curve [(step, val Dice)].
+    With validation slices that hold lesions: a short warm-up, then a cosine-decayed learning rate over
+    `max_steps`; every `eval_every` steps the pooled Dice of the weights' moving average (`EMA_DECAY`) on
+    the validation lesion slices, and the best of these averaged weights is returned (early stopping as
+    checkpoint selection). With `patience` > 0 training also halts once `patience` evaluations in a row
+    did not beat the best (not before `MIN_STEPS_SHARE` of `max_steps`, nor while the best is 0).
+    Converged: halted that way, or at `max_steps` with a flat curve (the last quarter's best validation
+    Dice within `PLATEAU_TOLERANCE` of the third quarter's). Without validation lesions: `max_steps`
+    steps, the last weights (converged is None). Deterministic on CPU: weights and draws depend on `seed`
+    only. `callback(step, net)`, when given, runs after every step. Record: steps, best_step, val_dice
+    (best), converged, curve [(step, val Dice)].
     """
     import torch
 
@@ -154,12 +160,12 @@ def train_segmenter(images: np.ndarray, masks: np.ndarray, settings: SegmenterSe
     if val_masks is not None and len(val_masks):
         keep = val_masks.reshape(len(val_masks), -1).any(axis=1)
         val_images, val_masks = val_images[keep], val_masks[keep]
-    early = settings.patience > 0 and val_masks is not None and len(val_masks) > 0
-    if early:
-        warmup = min(50, steps // 10)
-        lr_factor = lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0  # noqa: E731
-    else:
-        lr_factor = lambda s: 0.5 * (1 + math.cos(math.pi * s / steps))  # noqa: E731
+    early = val_masks is not None and len(val_masks) > 0  # validation: checkpoint selection (and halting)
+    warmup = min(50, steps // 10) if early else 0
+
+    def lr_factor(s: int) -> float:
+        return min(1.0, (s + 1) / warmup) if s < warmup else 0.5 * (1 + math.cos(math.pi * s / steps))
+
     opt = torch.optim.Adam(net.parameters(), lr=float(settings.lr))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     x_all = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
@@ -205,9 +211,13 @@ def train_segmenter(images: np.ndarray, masks: np.ndarray, settings: SegmenterSe
                 best_state = {k: v.detach().clone() for k, v in averaged.state_dict().items()}
             else:
                 since_best += 1
-                if since_best >= int(settings.patience) and step >= min_steps:
+                if 0 < int(settings.patience) <= since_best and step >= min_steps and best > 0:
                     converged = True
                     break
+    if early and not converged:
+        last = [d for s_, d in curve if s_ > 0.75 * steps]
+        before = [d for s_, d in curve if 0.5 * steps < s_ <= 0.75 * steps]
+        converged = bool(last and before and best > 0 and max(last) - max(before) < PLATEAU_TOLERANCE)
     if best_state is not None:
         net.load_state_dict(best_state)
     record = {"steps": step, "best_step": best_step if early else step, "val_dice": best if early else None,
