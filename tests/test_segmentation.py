@@ -86,8 +86,14 @@ def test_early_stopping_stops_keeps_the_best_weights_and_records_it(one_thread):
     settings = seg.SegmenterSettings(widths=(4, 8), max_steps=400, batch_size=8, eval_every=5, patience=3)
     net, rec = seg.train_segmenter(images[:32], masks[:32], settings, 0, images[32:], masks[32:])
     assert rec["converged"] is True and rec["steps"] < 400
-    # stopped `patience` evaluations after the best, but not before half the step cap
-    assert rec["steps"] == max(rec["best_step"] + 3 * 5, 200)
+    # halted at the first evaluation that met every condition: `patience` evaluations after the best, not
+    # before half the step cap, with a curve no longer rising
+    def may_halt(k):
+        step, best_step = rec["curve"][k][0], max(rec["curve"][:k + 1], key=lambda c: c[1])[0]
+        return step >= max(best_step + 3 * 5, 200) and not seg.still_rising(rec["curve"][:k + 1], 3)
+
+    halts = [k for k in range(len(rec["curve"])) if may_halt(k)]
+    assert halts and rec["curve"][halts[0]][0] == rec["steps"] >= max(rec["best_step"] + 3 * 5, 200)
     assert max(d for _, d in rec["curve"]) == rec["val_dice"]
     # the returned weights are the best ones: they reproduce the best validation Dice
     assert seg.pooled_dice(seg.predict_masks(net, images[32:]), masks[32:]) == pytest.approx(rec["val_dice"])
@@ -99,6 +105,17 @@ def test_early_stopping_stops_keeps_the_best_weights_and_records_it(one_thread):
     # no validation slices: a fixed budget, the last weights
     _, rec = seg.train_segmenter(images[:32], masks[:32], capped, 0)
     assert rec["steps"] == 40 and rec["converged"] is None and rec["curve"] == [] and rec["val_dice"] is None
+
+def test_still_rising_compares_the_last_half_patience_window_with_the_one_before():
+    dice = [0.0, 0.17, 0.06, 0.04, 0.05, 0.08, 0.1, 0.09, 0.07, 0.13]  # the demo's spike, dip and slow climb
+    spike_then_climb = [(25 * i, d) for i, d in enumerate(dice, 1)]
+    assert seg.still_rising(spike_then_climb, 8)  # mean 0.0975 of the last 4 above 0.0575 of the 4 before
+    plateau = spike_then_climb + [(275, 0.2), (300, 0.19), (325, 0.2), (350, 0.18), (375, 0.19), (400, 0.2),
+                                  (425, 0.18), (450, 0.19)]
+    assert not seg.still_rising(plateau, 8)
+    assert seg.still_rising(plateau[:5], 8)  # too few evaluations to tell: still rising
+    assert not seg.still_rising([(1, 0.3), (2, 0.3)], 1)  # patience 1 compares single evaluations
+
 
 def test_trained_on_agreeing_pairs_it_beats_chance(one_thread):
     """Known answer: on held-out pairs its masks agree with the true ones far better than with the masks

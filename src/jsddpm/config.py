@@ -218,8 +218,8 @@ class DiagnosticsConfig:
     # steps between validation Dice evaluations (pooled over the validation subjects' lesion slices)
     utility_eval_every: int = 25
     # evaluations without a better validation Dice before a segmenter halts (never before half of
-    # utility_steps, nor while its validation Dice is 0: slow starters climb late); 0 = no halting, every
-    # segmenter runs utility_steps and keeps its best validation checkpoint
+    # utility_steps, nor while its validation Dice is 0 or still rising: slow starters climb late); 0 = no
+    # halting, every segmenter runs utility_steps and keeps its best validation checkpoint
     utility_patience: int = 8
     # share of the real training subjects with lesions held out (subject-disjoint) as the validation split
     utility_val_fraction: float = 0.2

@@ -27,6 +27,7 @@ from .training import (
     predict_masks,
     settings_from_config,
     split_for_validation,
+    still_rising,
     train_segmenter,
     validation_split,
 )
@@ -34,5 +35,5 @@ from .training import (
 __all__ = ["LESION_WEIGHT", "SUM_COLUMNS", "Segmenter", "SegmenterSettings", "crop_origins", "data_digest",
            "dice_bce_loss", "load_segmenter", "metrics_from_sums", "one_torch_thread", "pair_dice", "pooled_dice",
            "predict_masks", "reference_segmenter", "save_segmenter", "segmentation_unet", "segmenter_key",
-           "settings_from_config", "slice_counts", "split_for_validation", "train_reference", "train_segmenter",
-           "unit_sums", "validation_split"]
+           "settings_from_config", "slice_counts", "split_for_validation", "still_rising", "train_reference",
+           "train_segmenter", "unit_sums", "validation_split"]
