@@ -15,7 +15,7 @@ prints each arm's change of Dice against its CI (the convergence check: no arm s
 At other sizes the 48 px slices are resized (bilinear images, nearest masks): timing only. "train s" is
 the seconds spent training and predicting, summed over the arm's seeds (they run in
 `diagnostics.utility_workers` processes at once); CPU seconds are the steadier number on a shared
-machine. Target (issue 19): all arms of the demo preset within ~120 s on 2 CPU cores.
+machine. Measured (issue 19): the demo preset's five arms take ~255 CPU s (~130 s wall on 2 idle cores).
 """
 
 from __future__ import annotations

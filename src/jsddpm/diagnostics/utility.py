@@ -15,9 +15,10 @@ Protocol
   its validation Dice stops improving: the moving average of its weights is scored on the validation
   lesion slices every `utility_eval_every` steps, training stops after `utility_patience` evaluations
   without a better one (best weights kept; not before half of `utility_steps`, nor while the Dice is 0
-  or still rising), at most `utility_steps` steps (the span of the cosine learning-rate decay). Arms differ in their data, and each trains as long as its data need; the record
-  gives the steps each segmenter used and whether the arm converged (every seed stopped on its own or
-  ended on a flat validation curve, `segmentation.train_segmenter`). Batches draw
+  or still rising), at most `utility_steps` steps (the span of the cosine learning-rate decay). Arms
+  differ in their data, and each trains as long as its data need; the record gives the steps each
+  segmenter used and whether the arm converged (every seed stopped on its own or ended on a flat
+  validation curve, `segmentation.train_segmenter`). Batches draw
   `utility_lesion_fraction` of their slices from lesion slices (a minority in brain data).
 - Every segmenter is scored on the held-out real test slices, thresholded at probability 0.5: `dice`
   (pooled over the test slices that hold a lesion: 2 TP / (predicted + true pixels)), `sensitivity`
