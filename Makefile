@@ -31,4 +31,4 @@ clean:
 
 docs: setup
 	$(BIN)/python -m jsddpm.config_doc README.md
-	$(BIN)/python -m jsddpm.metric_doc docs/metrics.md
+	$(BIN)/python -m jsddpm.diagnostics.metric_doc docs/metrics.md

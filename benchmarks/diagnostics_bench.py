@@ -58,7 +58,9 @@ def main() -> None:
     import torch
 
     from jsddpm.config import load_config
-    from jsddpm.diagnostics.runner import ImageSet, load_families, run_diagnostics
+    from jsddpm.diagnostics.families import load_families
+    from jsddpm.diagnostics.runner import run_diagnostics
+    from jsddpm.diagnostics.sets import ImageSet
 
     cfg = load_config(None, args.overrides).diagnostics
     rng = np.random.default_rng(0)
@@ -72,7 +74,7 @@ def main() -> None:
         sets[name] = ImageSet(images, masks, subjects if name == "real" else None, zbins)
     print(f"data: 3 x {args.n} images at {args.size} px in {time.perf_counter() - t0:.1f} s; "
           f"torch threads {torch.get_num_threads()}, n_bootstrap {cfg.n_bootstrap}, null repeats {cfg.n_null_repeats}")
-    skip = ["classifier"] if args.no_classifier else []
+    skip = ["utility"] + (["classifier"] if args.no_classifier else [])  # utility: benchmarks/utility_bench.py
     families = load_families(only=["classifier"] if args.classifier_only else [], skip=skip)
     t0 = time.perf_counter()
     res = run_diagnostics(sets["real"], sets["synthetic"], cfg, train=sets["train"], families=families,

@@ -35,7 +35,8 @@ while [ $# -gt 0 ]; do
     shift
 done
 
-PY=${PYTHON:-python3}
+# PYTHON unset: a dry run (a fresh clone after `make test`) takes .venv/bin/python when there is one, else python3
+if [ -z "${PYTHON:-}" ] && (( DRY )) && [ -x .venv/bin/python ]; then PY=$PWD/.venv/bin/python; else PY=${PYTHON:-python3}; fi
 WHEELS=${GPU_WHEELS:-.gpu_wheels}
 RESERVE_S=10      # kept for copying results and the summary
 DEMO_OTHER_S=120  # cohort + cache + start + generate + diagnose + inpaint of the GPU demo (an estimate: untried)

@@ -162,7 +162,7 @@ def low_noise_probe(cfg, ckpt: Path, cache_dir: Path, arm_dir: Path, strength: f
     """HH-1 and background-std ratios of the held-out real slices after SDEdit at `strength` (see above)."""
     from omegaconf import OmegaConf
 
-    from jsddpm.diagnose import run_all
+    from jsddpm.diagnostics.stage import run_all
     from jsddpm.generation import generate
     from jsddpm.pipeline import held_out_spec
 

@@ -43,7 +43,7 @@ def resized(s, size: int):
     import torch
     import torch.nn.functional as F
 
-    from jsddpm.diagnostics.runner import ImageSet
+    from jsddpm.diagnostics.sets import ImageSet
 
     if s.images.shape[-1] == size:
         return s
@@ -89,7 +89,7 @@ def main() -> None:
     args = ap.parse_intermixed_args()
 
     from jsddpm.config import load_config
-    from jsddpm.diagnose import load_set
+    from jsddpm.diagnostics.sets import load_set
 
     cfg = load_config(args.config, args.overrides).diagnostics
     with tempfile.TemporaryDirectory() as tmp:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import nibabel as nib
@@ -13,6 +14,7 @@ from jsddpm.cli import main
 from jsddpm.config import load_config
 from jsddpm.data.cache import build_volume_cache, load_cache, zbin_of
 from jsddpm.data.splits import assign_splits, split_counts
+from jsddpm.errors import UserError
 
 ONE_MM = ["data.image_size=64", "data.fov_mm=0", "data.spacing_mm=[1,1,1]", "data.z_trim=0"]
 
@@ -302,3 +304,125 @@ def test_slice_label_group_uses_the_manifest_groups(demo_phantom, tmp_path):
     assert cache.stats["classes"] == ["control", "patient"]
     np.testing.assert_array_equal(cache.index["label"], (cache.index["group"] == "patient").astype(int))
 
+
+
+# ------------------------------------------------------------------------ the validation stamp
+@pytest.fixture
+def stamped_cache(tmp_path, monkeypatch):
+    """A tiny cache, and a clock 10 s ahead for its loads: its files look settled (older than
+    STAMP_SETTLE_NS), so a passed full check writes a stamp that the next load trusts. Yields
+    (cache folder, list of `values` flags check_cache was called with)."""
+    import time as real_time
+    import types
+
+    from test_training import write_tiny_cache
+
+    import jsddpm.data.cache as cache_module
+
+    root = write_tiny_cache(tmp_path / "cache")
+    later = types.SimpleNamespace(time_ns=lambda: real_time.time_ns() + 10_000_000_000)
+    monkeypatch.setattr(cache_module, "time", later)
+    calls = []
+    check = cache_module.check_cache
+    monkeypatch.setattr(cache_module, "check_cache", lambda cache, values=True: (calls.append(values),
+                                                                                 check(cache, values))[1])
+    return root, calls
+
+
+def edit_after_a_tick(edit) -> None:
+    """An edit in a later file-system clock tick than the cache's build (the stamp's settle time guards
+    edits within one tick; the fixture's clock skips that guard)."""
+    import time
+
+    time.sleep(0.05)
+    edit()
+
+
+def test_second_load_trusts_the_stamp_and_any_edit_brings_back_the_full_check(stamped_cache):
+    root, calls = stamped_cache
+    first = load_cache(root)
+    assert (root / "validated.npz").is_file() and calls == [True]
+    second = load_cache(root)
+    assert calls == [True, False]  # values not read again, index.csv not parsed again: the stamp holds it
+    np.testing.assert_array_equal(first.images, second.images)
+    assert list(first.index) == list(second.index)
+    for name, column in first.index.items():
+        assert second.index[name].dtype == column.dtype
+        np.testing.assert_array_equal(second.index[name], column)
+
+    images = np.load(root / "images.npy")
+    images[1, 0, 3, 3] = np.nan  # same size, same name: only the times tell
+    edit_after_a_tick(lambda: np.save(root / "images.npy", images))
+    with pytest.raises(UserError, match=r"images\.npy: holds NaN"):
+        load_cache(root)
+    assert calls[-1] is True
+
+
+def test_an_edit_that_restores_the_modification_time_is_still_caught(stamped_cache):
+    root, calls = stamped_cache
+    load_cache(root)
+    masks = root / "masks.npy"
+    before = masks.stat()
+    data = np.load(masks)
+    data[0, 0, 0, 0] = 7
+    edit_after_a_tick(lambda: np.save(masks, data))
+    os.utime(masks, ns=(before.st_atime_ns, before.st_mtime_ns))  # `touch -r`: mtime as stamped, ctime is not
+    with pytest.raises(UserError, match=r"masks\.npy: holds values other than 0 and 1"):
+        load_cache(root)
+
+
+def test_an_edited_index_is_checked_in_full_and_stamped_again(stamped_cache):
+    root, calls = stamped_cache
+    load_cache(root)
+    index = root / "index.csv"
+    text = index.read_text()
+    edit_after_a_tick(lambda: index.write_text(text.replace(",train,", ",test,", 1)))
+    load_cache(root)
+    assert calls == [True, True]  # checked in full again: a new stamp
+    load_cache(root)
+    assert calls == [True, True, False]
+
+
+def test_a_fresh_stamp_is_not_trusted_within_the_settle_time(tmp_path, monkeypatch):
+    """Without the fixture's clock: files written just now may be edited again in the same clock tick
+    without a visible change, so the next load checks in full again."""
+    from test_training import write_tiny_cache
+
+    import jsddpm.data.cache as cache_module
+
+    root = write_tiny_cache(tmp_path / "cache")
+    calls = []
+    check = cache_module.check_cache
+    monkeypatch.setattr(cache_module, "check_cache", lambda cache, values=True: (calls.append(values),
+                                                                                 check(cache, values))[1])
+    load_cache(root)
+    load_cache(root)
+    assert calls == [True, True] and (root / "validated.npz").is_file()
+
+
+def test_read_only_cache_keeps_its_stamp_in_the_user_cache_folder(stamped_cache, tmp_path, monkeypatch):
+    import jsddpm.io
+
+    root, calls = stamped_cache
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    write = jsddpm.io.atomic_write_bytes
+
+    def read_only(path, data):
+        if Path(path).parent == root:
+            raise PermissionError(13, "Permission denied", str(path))
+        write(path, data)
+
+    monkeypatch.setattr(jsddpm.io, "atomic_write_bytes", read_only)
+    load_cache(root)
+    load_cache(root)
+    assert calls == [True, False] and not (root / "validated.npz").exists()
+    assert len(list((tmp_path / "xdg" / "jsddpm" / "cache_stamps").glob("*.npz"))) == 1
+
+
+def test_a_damaged_stamp_only_costs_a_full_check(stamped_cache):
+    root, calls = stamped_cache
+    load_cache(root)
+    (root / "validated.npz").write_bytes(b"PK\x03\x04 not a zip")
+    load_cache(root)
+    load_cache(root)
+    assert calls == [True, True, False]

@@ -58,6 +58,15 @@ def test_run_all_writes_json_csv_html_and_report_rerenders(demo_cache, tmp_path,
     (out / "report.html").unlink()
     assert main(["diagnose", "report", str(out)]) == 0
     assert "Headline" in (out / "report.html").read_text()
+    # a section added after the run (the demo's inpainted lesions) is stored: re-rendering keeps it
+    from jsddpm.diagnostics.report_html import Section
+    from jsddpm.diagnostics.stage import add_report_section
+
+    add_report_section(out, "extra", Section("Inpainted lesions", "<p>grid</p>", {"extra": b"png"}))
+    assert main(["diagnose", "report", str(out)]) == 0
+    html = (out / "report.html").read_text()
+    assert html.index("<h2>Inpainted lesions</h2><p>grid</p>") < html.index("<h2>How to read this</h2>")
+    assert (out / "figures" / "extra.png").read_bytes() == b"png" and html.count("<h2>Inpainted lesions") == 1
 
 
 def test_image_only_npz_reports_skipped_mask_families(tmp_path):
@@ -120,7 +129,7 @@ def test_criteria_pass_fail_table(tmp_path, capsys):
                                                            gradient_mean_synth=0.66), 0.6)
     assert main(["diagnose", "criteria", "--baseline", str(base), "--candidate", str(good)]) == 0
     assert "7/7 criteria passed" in capsys.readouterr().out
-    assert main(["diagnose", "criteria", "--baseline", str(base), "--candidate", str(bad)]) == 1
+    assert main(["diagnose", "criteria", "--baseline", str(base), "--candidate", str(bad)]) == 3  # not met
     result = json.loads((bad / "criteria.json").read_text())
     failed = {r["criterion"] for r in result["criteria"] if r["passed"] is False}
     assert failed == {"wavelet HH level-1 energy ratio", "gradient magnitude vs real", "severity below the baseline's"}
@@ -152,3 +161,28 @@ def test_bad_family_and_missing_diagnostics(tmp_path, capsys):
     assert "unknown family 'spectrum'" in capsys.readouterr().err
     assert main(["diagnose", "report", str(tmp_path)]) == 2
     assert "diagnostics.json: not found" in capsys.readouterr().err
+
+
+HOLD = """
+import sys, time
+from jsddpm.io import output_lock
+with output_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_utility_into_a_folder_another_run_holds_fails_at_once(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    out = tmp_path / "util"
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        assert main(["diagnose", "utility", "--real", str(tmp_path / "missing"), "--synthetic",
+                     str(tmp_path / "missing"), "--out", str(out)]) == 2
+    finally:
+        proc.kill()
+        proc.wait()
+    assert "another jsddpm run" in capsys.readouterr().err and not out.exists()

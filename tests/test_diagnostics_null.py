@@ -19,7 +19,8 @@ import pytest
 
 from jsddpm.config import load_config
 from jsddpm.diagnostics import intensity, spectral, texture, wavelet
-from jsddpm.diagnostics.runner import ImageSet, run_family
+from jsddpm.diagnostics.runner import run_family
+from jsddpm.diagnostics.sets import ImageSet
 
 PER_SUBJECT, REAL_SUBJECTS = 5, 12  # 60 real slices in 12 subjects vs one slice of every other subject
 HEADLINES = {spectral: ("spectral_slope_diff", "hf_ratio_diff"), wavelet: ("wavelet_hh_l1_ratio",),

@@ -11,13 +11,9 @@ import pytest
 from jsddpm.config import load_config
 from jsddpm.diagnostics import severity as sev
 from jsddpm.diagnostics.common import Features, metric
-from jsddpm.diagnostics.runner import (
-    ImageSet,
-    bootstrap_indices,
-    load_families,
-    null_indices,
-    run_diagnostics,
-)
+from jsddpm.diagnostics.families import load_families
+from jsddpm.diagnostics.runner import bootstrap_indices, null_indices, run_diagnostics
+from jsddpm.diagnostics.sets import ImageSet
 from jsddpm.errors import UserError
 
 
@@ -130,3 +126,57 @@ def test_image_only_data_skip_mask_families_and_bad_selection():
         load_families(only=["spectrum"])
     with pytest.raises(UserError, match="differ in channels or size"):
         run_diagnostics(ImageSet(imgs), ImageSet(imgs[:, :, :8]), _cfg(), families=[MEAN_FAMILY], progress=None)
+
+
+def test_a_trained_family_hands_its_metrics_record_files_examples_and_section_through_the_runner():
+    """The registry's contract for trained families (utility, the coming pairing family): needs are checked
+    first, a UserError skips the family, and what it returns reaches the output and the report."""
+    from jsddpm.diagnostics import report
+    from jsddpm.diagnostics.families import MASKS, REAL_TRAIN, Family, FamilyResult
+    from jsddpm.diagnostics.report_html import Section
+
+    rng = np.random.default_rng(0)
+    imgs = rng.uniform(-1, 1, (8, 1, 16, 16)).astype(np.float32)
+    masks = np.zeros((8, 16, 16), dtype=bool)
+    masks[:, 4:8, 4:8] = True
+    seen = {}
+
+    def run(sets, cfg, progress):
+        seen["real_train"] = len(sets.real_train)
+        return FamilyResult({"pair_score": metric(0.25)}, record={"verdict": "fine"},
+                            files={"pair.csv": "a,b\n1,2\n"}, examples={"images": imgs[:2]}, summary="fine")
+
+    def section(view):
+        assert view.record == {"verdict": "fine"} and view.examples["images"].shape == (2, 1, 16, 16)
+        return Section(view.title, f"<p>{view.record['verdict']}: {view.metric_names}</p>", {"pair_fig": b"png"})
+
+    pair = Family("pair", "14. Pairing", frozenset({MASKS, REAL_TRAIN}), run=run, section=section)
+    real, synth = ImageSet(imgs, masks), ImageSet(imgs[::-1].copy(), masks)
+    no_train = run_diagnostics(real, synth, _cfg(), families=[pair], progress=None)["families"]["pair"]
+    assert no_train["status"] == "skipped" and "training slices" in no_train["reason"]
+    no_masks = run_diagnostics(ImageSet(imgs), ImageSet(imgs), _cfg(), families=[pair], progress=None,
+                               real_train=lambda: real)
+    assert "image-only" in no_masks["families"]["pair"]["reason"] and not seen
+
+    def refuse():
+        raise UserError("cache: no train split")
+
+    refused = run_diagnostics(real, synth, _cfg(), families=[pair], progress=None, real_train=refuse)
+    assert refused["families"]["pair"] == {"status": "skipped", "reason": "cache: no train split", "seconds": 0.0}
+
+    res = run_diagnostics(real, synth, _cfg(), families=[pair, MEAN_FAMILY], progress=None, real_train=lambda: real)
+    assert seen["real_train"] == 8 and res["families"]["pair"]["status"] == "ok"
+    assert res["metrics"]["pair_score"]["family"] == "pair" and res["records"] == {"pair": {"verdict": "fine"}}
+    assert res["files"] == {"pair.csv": "a,b\n1,2\n"} and list(res["examples"]) == ["pair_images"]
+    assert res["metrics"]["mean_diff"]["null_sd"] is not None  # the stand-in resampled family ran beside it
+
+    # the report: registered families in registry order (here `pair` registered last), then stand-ins, then
+    # the sections a stage adds, before "How to read this"
+    diag = {"metrics": res["metrics"], "families": res["families"], "severity": res["severity"], **res["records"]}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(report, "BY_NAME", {**report.BY_NAME, "pair": pair})
+        mp.setattr(report, "NAMES", (*report.NAMES, "pair"))
+        figures, html = report.render(diag, {}, res["examples"], [Section("Extra", "<p>added</p>")])
+    assert figures["pair_fig"] == b"png" and "<h2>14. Pairing</h2><p>fine: ['pair_score']</p>" in html
+    order = [html.index(h) for h in ("<h2>14. Pairing", "<h2>mean_diff", "<h2>Extra", "<h2>How to read this")]
+    assert order == sorted(order)

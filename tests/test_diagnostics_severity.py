@@ -11,7 +11,9 @@ import pytest
 from jsddpm.config import load_config
 from jsddpm.diagnostics import aggregate, criteria
 from jsddpm.diagnostics import severity as sev
-from jsddpm.diagnostics.runner import ImageSet, load_families, run_diagnostics
+from jsddpm.diagnostics.families import load_families
+from jsddpm.diagnostics.runner import run_diagnostics
+from jsddpm.diagnostics.sets import ImageSet
 from jsddpm.errors import UserError
 
 MASK_COMPONENTS = ("mask_mmd", "boundary_sharpness_ratio", "lesion_rate_diff", "lesion_count_ratio")

@@ -13,7 +13,7 @@ import pytest
 
 from jsddpm.config import load_config
 from jsddpm.diagnostics import utility
-from jsddpm.diagnostics.runner import ImageSet
+from jsddpm.diagnostics.sets import ImageSet
 
 FAST = ["diagnostics.utility_seeds=1", "diagnostics.utility_steps=150", "diagnostics.utility_batch_size=16",
         "diagnostics.utility_eval_every=10", "diagnostics.utility_patience=4", "diagnostics.utility_workers=1"]
@@ -46,7 +46,7 @@ def phantom_parts(demo_cache):
     import torch
     import torch.nn.functional as F
 
-    from jsddpm.diagnose import load_set
+    from jsddpm.diagnostics.sets import load_set
 
     every = load_set(demo_cache, "real", "all")
     small = F.avg_pool2d(torch.from_numpy(every.images), 2).numpy()  # 64 -> 32 px
@@ -245,8 +245,11 @@ def test_cli_utility_and_run_all_family_write_outputs_and_a_criteria_row(demo_ca
 
     from jsddpm.cli import main
     from jsddpm.data.cache import load_cache
-    from jsddpm.diagnose import wants_utility
     from jsddpm.diagnostics import aggregate
+    from jsddpm.diagnostics.families import load_families
+
+    def wants_utility(dcfg):  # run-all runs utility like any family: unless skipped or left out by --only
+        return "utility" in [f.name for f in load_families(dcfg.only, dcfg.skip)]
 
     tiny = ["diagnostics.utility_steps=4", "diagnostics.utility_eval_every=2", "diagnostics.utility_seeds=1",
             "diagnostics.utility_workers=1"]

@@ -11,10 +11,9 @@ from jsddpm.cli import main
 from jsddpm.config import load_config
 from jsddpm.errors import UserError
 from jsddpm.generation import (
+    Checkpoint,
     Condition,
     expand,
-    load_checkpoint,
-    model_from_checkpoint,
     parse_spec,
     sample_conditions,
 )
@@ -56,13 +55,17 @@ def test_spec_forms_give_counts_per_condition():
 
 
 def test_samples_do_not_depend_on_batch_size_or_order(checkpoint):
-    ckpt = load_checkpoint(checkpoint)
-    net, cfg = model_from_checkpoint(ckpt)
+    ckpt = Checkpoint.load(checkpoint)
+    net, cfg = ckpt.model(), ckpt.config
     zbins, labels, index = expand(parse_spec({"count": 2, "zbins": [0, 2]}, 3, 2))
     one = sample_conditions(net, cfg, ckpt, zbins, labels, index, batch_size=1)
     perm = np.random.default_rng(0).permutation(len(zbins))
     four = sample_conditions(net, cfg, ckpt, zbins[perm], labels[perm], index[perm], batch_size=4)
-    np.testing.assert_allclose(four, one[perm], atol=1e-5)
+    # float32 convolutions pick their kernels by batch size, so round-off differs (~1e-5 per call, carried
+    # through the sampler's steps); a wrong condition or seed per sample would differ by O(0.1).
+    np.testing.assert_allclose(four[:, :-1], one[perm][:, :-1], atol=2e-4)
+    # the mask channel is thresholded at 0: round-off may flip a pixel that sits on the threshold, no more
+    assert (four[:, -1] != one[perm][:, -1]).mean() < 1e-3
     assert one.std(axis=0).mean() > 0.01  # different conditions / indices give different samples
     assert set(np.unique(one[:, -1])) <= {-1.0, 1.0}
 
@@ -85,8 +88,8 @@ def test_generate_cli_writes_the_samples_contract(checkpoint, tmp_path, capsys):
     saved = load_config(out / "config.yaml")
     assert saved.sample.seed == 7 and saved.diffusion.prediction_type == "sample" and saved.loss.p == 1.5
     # drawn in two processes ("GPUs"), every other sample each: the same as drawn in one
-    ckpt = load_checkpoint(checkpoint)
-    net, _ = model_from_checkpoint(ckpt, cfg=saved)
+    ckpt = Checkpoint.load(checkpoint)
+    net = ckpt.model()
     np.testing.assert_allclose(images, sample_conditions(net, saved, ckpt, zbin, label, index), atol=1e-5)
 
     assert main(["generate", "--ckpt", str(checkpoint), "--out", str(out)]) == 2  # exists, not empty

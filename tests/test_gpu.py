@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from jsddpm.checkpoint import Checkpoint
 from jsddpm.cli import main
 from jsddpm.config import PRESET_DIR, load_config
 
@@ -144,14 +145,15 @@ def cuda_runs(tmp_path_factory):
 
 
 def test_resume_on_device_reproduces_uninterrupted_training(cuda_runs):
-    a = torch.load(cuda_runs["straight"][0] / "checkpoints" / "last.ckpt", weights_only=True)
-    b = torch.load(cuda_runs["resumed"][0] / "checkpoints" / "last.ckpt", weights_only=True)
-    assert a["global_step"] == b["global_step"] == 6
+    paths = [cuda_runs[name][0] / "checkpoints" / "last.ckpt" for name in ("straight", "resumed")]
+    a, b = (Checkpoint.load(p) for p in paths)  # read back as generation reads them: finite, with a record
+    assert a.global_step == b.global_step == 6
     # same data order, noise, optimiser, EMA and RNG states; cuDNN may pick kernels that add in another
     # order between processes, so allow float rounding (a lost state is orders of magnitude larger)
-    for key, value in a["state_dict"].items():
-        torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=1e-5, msg=key)
-    assert a["lr_schedulers"] == b["lr_schedulers"]
+    for key, value in a.state_dict.items():
+        torch.testing.assert_close(b.state_dict[key], value, rtol=0, atol=1e-5, msg=key)
+    a_sched, b_sched = (torch.load(p, weights_only=True)["lr_schedulers"] for p in paths)
+    assert a_sched == b_sched
 
 
 def test_precision_is_exactly_what_was_configured(cuda_runs):
@@ -175,6 +177,7 @@ def test_generation_is_identical_at_batch_8_and_32(cuda_runs, tmp_path):
             sets.append({k: z[k] for k in z.files})
     a, b = sets
     assert len(a["images"]) == 40 and np.array_equal(a["seed"], b["seed"])
+    assert str(a["cache_fingerprint"]) == Checkpoint.load(ckpt).cache_fingerprint  # where the pairs came from
     # per-sample seeds make the draws the same; a kernel chosen for another batch shape may round
     # differently, so the images agree to float rounding and the thresholded masks almost everywhere
     np.testing.assert_allclose(a["images"][:, :-1], b["images"][:, :-1], rtol=0, atol=1e-3)

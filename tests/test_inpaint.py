@@ -177,6 +177,7 @@ class BlobNet(torch.nn.Module):
 
 
 def test_generated_masks_are_the_models_and_the_ring_is_generated(demo_cache):
+    from jsddpm.checkpoint import Checkpoint
     from jsddpm.config import load_config
     from jsddpm.data.cache import load_cache
     from jsddpm.generation.inpaint import dilate_in_plane, inpaint_batch, source_order
@@ -184,10 +185,34 @@ def test_generated_masks_are_the_models_and_the_ring_is_generated(demo_cache):
     cache = load_cache(demo_cache)
     cfg = load_config(None, [*TINY64, "diffusion.prediction_type=sample", "inpaint.dilate_px=1"])
     rows = source_order(cache, "train", 0)[:3]
-    ckpt = {"jsddpm": {"priors": torch.as_tensor(cache.priors)}}
+    ckpt = Checkpoint("stand-in.ckpt", {"priors": cache.priors}, {})
     res = inpaint_batch(BlobNet(), cfg, ckpt, cache, rows, np.arange(3) + 10, 1, "generated", "cpu")
     mask = res["images"][:, 1] > 0
     assert (mask.sum(axis=(1, 2)) >= 0.75 * 25).all() and (mask.sum(axis=(1, 2)) <= 1.3 * 25).all()
     ring = dilate_in_plane(mask, 1)
     np.testing.assert_array_equal(res["images"][:, 0][ring], 0.0)  # the network's x0 inside the ring
     np.testing.assert_array_equal(res["images"][:, 0][~ring], cache.joint(rows)[:, 0][~ring])  # the source outside
+
+
+def test_generated_and_inpainted_sets_record_the_cache_their_checkpoint_was_trained_on(demo_checkpoint, demo_cache,
+                                                                                        tmp_path):
+    """samples.npz carries the checkpoint's cache fingerprint (a 0-d string), so an export can refuse a
+    synthetic set made from a generator of another cache; a checkpoint without one writes none."""
+    from jsddpm.cli import main
+    from jsddpm.data.cache import load_cache
+
+    fingerprint = load_cache(demo_cache).fingerprint
+    raw = torch.load(demo_checkpoint, weights_only=True)
+    raw["jsddpm"]["cache_fingerprint"] = fingerprint
+    ckpt = tmp_path / "with_cache.ckpt"
+    torch.save(raw, ckpt)
+    assert main(["inpaint", "--ckpt", str(ckpt), "--source", str(demo_cache), "--out", str(tmp_path / "inp"),
+                 "--n", "1", "inpaint.resample=0"]) == 0
+    assert main(["generate", "--ckpt", str(ckpt), "--out", str(tmp_path / "gen"), "sample.n_per_condition=1"]) == 0
+    assert main(["generate", "--ckpt", str(demo_checkpoint), "--out", str(tmp_path / "old"),
+                 "sample.n_per_condition=1"]) == 0
+    for name in ("inp", "gen"):
+        with np.load(tmp_path / name / "samples.npz") as f:
+            assert f["cache_fingerprint"].shape == () and str(f["cache_fingerprint"]) == fingerprint
+    with np.load(tmp_path / "old" / "samples.npz") as f:
+        assert "cache_fingerprint" not in f.files

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from jsddpm import metric_doc
 from jsddpm.cli import main
+from jsddpm.diagnostics import metric_doc
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DIAGNOSTICS = ["diagnostics.n_bootstrap=2", "diagnostics.n_null_repeats=2", "diagnostics.classifier_epochs=1",
@@ -18,7 +18,7 @@ TINY_DIAGNOSTICS = ["diagnostics.n_bootstrap=2", "diagnostics.n_null_repeats=2",
 
 def test_docs_metrics_md_is_the_generated_reference():
     assert (ROOT / metric_doc.DOC_PATH).read_text() == metric_doc.render(), (
-        "docs/metrics.md is out of date: run `python -m jsddpm.metric_doc docs/metrics.md`")
+        "docs/metrics.md is out of date: run `python -m jsddpm.diagnostics.metric_doc docs/metrics.md`")
 
 
 @pytest.mark.usefixtures("one_thread")

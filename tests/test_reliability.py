@@ -91,6 +91,24 @@ def test_non_finite_config_numbers_are_refused_naming_where_they_came_from(tmp_p
     assert not out.exists()
 
 
+@pytest.mark.parametrize("given, line", [
+    # the bad key is reported, not a valid key given beside it on the same command line
+    (["inpaint.dilate_px=2", "inpaint.placement_tries=0"],
+     "command-line override inpaint.placement_tries: inpaint.placement_tries must be at least 1"),
+    (["diagnostics.utility_seeds=2", "diagnostics.utility_steps=0"],
+     "command-line override diagnostics.utility_steps: diagnostics.utility_steps must be at least 1"),
+    (["data.augment.crop_scale=0.5"],  # a three-part key is a command-line override too, not "defaults"
+     "command-line override data.augment.crop_scale: data.augment.crop_scale must be >= 1"),
+    (["diffusion.p_mean=1e30"], "command-line override diffusion.p_mean: diffusion.p_mean must be in [-10, 10]"),
+    (["diffusion.p_std=1e30"], "diffusion.p_std must be in (0, 10]"),
+    (["diagnostics.severity_scale=0"], "diagnostics.severity_scale must be > 0"),
+])
+def test_range_checks_name_the_key_to_change(tmp_path, capsys, given, line):
+    code, last = cli(capsys, "train", *given, "train.out_dir=" + str(tmp_path / "run"))
+    assert code == 2 and line in last, last
+    assert not (tmp_path / "run").exists()
+
+
 def test_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, capsys, cache):
     out = tmp_path / "run"
     # lr 1e30: step 1 moves the weights to ~1e30 (still finite), step 2's loss overflows
@@ -232,6 +250,65 @@ def test_aggregate_of_a_diagnostics_json_holding_a_list(tmp_path, capsys):
         (tmp_path / name / "diagnostics.json").write_text("[]")
     code, line = cli(capsys, "diagnose", "aggregate", tmp_path / "a", tmp_path / "b", "--out", tmp_path / "agg")
     assert code == 2 and "not a diagnostics record" in line
+
+
+def diagnostics_folder(folder: Path, severity: float = 0.3, **metrics) -> Path:
+    """A diagnostics folder as run-all writes it (severity record, metric records), written with json.dumps,
+    which writes a float NaN as a bare `NaN` (what a hand edit or another tool leaves)."""
+    folder.mkdir(parents=True)
+    values = {"spectral_slope_diff": 0.01, "wavelet_hh_l1_ratio": 0.9, "glcm_dissimilarity_real": 4.0,
+              "glcm_dissimilarity_synth": 4.1, "gradient_mean_real": 0.7, "gradient_mean_synth": 0.71,
+              "background_std_synth": 0.003, "classifier_auc_dithered": 0.6, **metrics}
+    records = {k: {"value": v, "null_mean": 0.0, "null_sd": 0.01} for k, v in values.items()}
+    sev = {"severity": severity, "component_set": ["spectral_slope_diff"], "version": 2}
+    (folder / "diagnostics.json").write_text(json.dumps({"metrics": records, "severity": sev}))
+    return folder
+
+
+@pytest.mark.parametrize("where, bad", [("severity.severity", {"severity": np.nan}),
+                                        ("metrics.spectral_slope_diff.value", {"spectral_slope_diff": np.inf})])
+def test_aggregate_and_criteria_refuse_nan_or_inf_naming_the_file_and_field(tmp_path, capsys, where, bad):
+    good = diagnostics_folder(tmp_path / "good", severity=0.2)
+    damaged = diagnostics_folder(tmp_path / "damaged", **bad)
+    code, line = cli(capsys, "diagnose", "aggregate", good, damaged, "--out", tmp_path / "agg")
+    assert code == 2 and f"{damaged / 'diagnostics.json'}: {where} is " in line and "not a finite number" in line
+    assert not (tmp_path / "agg").exists()
+    code, line = cli(capsys, "diagnose", "criteria", "--baseline", good, "--candidate", damaged)
+    assert code == 2 and f"{damaged / 'diagnostics.json'}: {where} is " in line
+    assert not (damaged / "criteria.json").exists()
+
+
+def test_criteria_exit_codes_and_a_severity_that_is_a_number(tmp_path, capsys):
+    base = diagnostics_folder(tmp_path / "base", severity=0.5)
+    better = diagnostics_folder(tmp_path / "better", severity=0.2)
+    worse = diagnostics_folder(tmp_path / "worse", severity=0.6, wavelet_hh_l1_ratio=0.5)
+    assert cli(capsys, "diagnose", "criteria", "--baseline", base, "--candidate", better)[0] == 0
+    assert cli(capsys, "diagnose", "criteria", "--baseline", base, "--candidate", worse)[0] == 3  # not 1: a bug
+    assert json.loads((worse / "criteria.json").read_text())["all_passed"] is False
+    number = tmp_path / "number"
+    number.mkdir()
+    record = json.loads((better / "diagnostics.json").read_text())
+    (number / "diagnostics.json").write_text(json.dumps(dict(record, severity=0.2)))
+    code, line = cli(capsys, "diagnose", "criteria", "--baseline", base, "--candidate", number)
+    assert code == 2 and f"{number / 'diagnostics.json'}: 'severity' is float 0.2, not the mapping" in line
+    code, line = cli(capsys, "diagnose", "aggregate", base, number, "--out", tmp_path / "agg")
+    assert code == 2 and "'severity' is float 0.2" in line
+
+
+def test_inpaint_with_an_impossible_count_is_refused_in_one_line(tmp_path, capsys, demo_cache):
+    from conftest import write_random_checkpoint
+    from test_inpaint import TINY64
+
+    from jsddpm.config import load_config
+    from jsddpm.data.cache import load_cache
+
+    source = load_cache(demo_cache)
+    ckpt = write_random_checkpoint(tmp_path / "last.ckpt", load_config(None, TINY64), 0.1, source.classes,
+                                   source.priors, source.stats["spacing_mm"])
+    code, line = cli(capsys, "inpaint", "--ckpt", ckpt, "--source", demo_cache, "--out", tmp_path / "o",
+                     "--n", 10**15)
+    assert code == 2 and "--n 1000000000000000: " in line and "give at most --n " in line, line
+    assert not (tmp_path / "o").exists() and leftovers(tmp_path) == []
 
 
 def test_os_errors_and_malformed_files_end_in_one_line_naming_the_path(tmp_path, capsys, monkeypatch):

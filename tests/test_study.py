@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -13,6 +14,17 @@ def test_parse_grid_types_values_and_rejects_bad_items():
     for bad in (["loss.p"], ["loss.p=1,1"], ["loss.p=1", "loss.p=2"]):
         with pytest.raises(UserError):
             parse_grid(bad)
+
+
+@pytest.mark.parametrize("item, message", [
+    ("loss.p=2.0,2", "loss.p lists 2.0 and 2, the same value"),  # one training point, two folders
+    ("loss.p=1e-3,0.001", "loss.p lists 1e-3 and 0.001, the same value"),
+    ("loss.p=1.5,2.0,", "loss.p has an empty value (a trailing or doubled comma)"),
+    ("loss.p=1.5,,2.0", "loss.p has an empty value"),
+])
+def test_parse_grid_compares_values_as_numbers_and_names_the_key_of_an_empty_value(item, message):
+    with pytest.raises(UserError, match=re.escape(f"--grid '{item}': {message}")):
+        parse_grid([item])
 
 
 def test_study_resumes_after_a_crash_and_skips_finished_points(tmp_path):

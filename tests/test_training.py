@@ -1,5 +1,8 @@
 """Training: optimiser groups, LR schedule, EMA, resumable data order, exact resume, checkpoints, errors."""
 
+import os
+import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +13,7 @@ import pytest
 import torch
 
 from jsddpm.config import load_config
-from jsddpm.errors import UserError
+from jsddpm.errors import Interrupted, UserError
 from jsddpm.training.ema import EMA, ema_decay_at
 from jsddpm.training.loaders import EpochSampler
 from jsddpm.training.optim import param_groups, warmup_cosine
@@ -157,6 +160,17 @@ def last_checkpoint(cfg) -> dict:
     return torch.load(Path(cfg.train.out_dir) / "checkpoints" / "last.ckpt", weights_only=True)
 
 
+def assert_same_state(a: dict, b: dict) -> None:
+    """Two checkpoints hold the same weights (network, EMA, loss weights), optimizer and LR state, bit for bit."""
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0, msg=key)
+    for k, state in a["optimizer_states"][0]["state"].items():
+        torch.testing.assert_close(b["optimizer_states"][0]["state"][k]["exp_avg_sq"], state["exp_avg_sq"],
+                                   rtol=0, atol=0)
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+
+
 def test_resume_reproduces_uninterrupted_training_exactly(tmp_path):
     from jsddpm.training.trainer import train
 
@@ -171,14 +185,9 @@ def test_resume_reproduces_uninterrupted_training_exactly(tmp_path):
     train(tiny_cfg(tmp_path / "b", *args, "train.resume=auto"))
     a, b = last_checkpoint(straight), last_checkpoint(interrupted)
     assert a["global_step"] == b["global_step"] == 6
-    for key, value in a["state_dict"].items():
-        torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0, msg=key)
+    assert_same_state(a, b)
     assert any(k.startswith("ema.module.prior_encoder.") for k in a["state_dict"])
     assert any("log_vars" in k for k in a["state_dict"])
-    for k, state in a["optimizer_states"][0]["state"].items():
-        torch.testing.assert_close(b["optimizer_states"][0]["state"][k]["exp_avg_sq"], state["exp_avg_sq"],
-                                   rtol=0, atol=0)
-    assert a["lr_schedulers"] == b["lr_schedulers"]
     run = tmp_path / "b" / "run"
     for name in ("config.yaml", "versions.json", "checkpoints/best.ckpt"):
         assert (run / name).is_file(), name
@@ -188,6 +197,101 @@ def test_resume_reproduces_uninterrupted_training_exactly(tmp_path):
     record = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["jsddpm"]
     assert record["config"]["diffusion"]["prediction_type"] == "sample"
     assert tuple(record["priors"].shape) == (4, SIZE, SIZE) and record["classes"] == ["normal", "abnormal"]
+
+
+class FirstStep(L.Callback):
+    """Records the step a fit starts from."""
+
+    def on_train_start(self, trainer, *args):
+        self.step = trainer.global_step
+
+
+def test_a_copied_run_folder_resumes_into_its_own_last_ckpt(tmp_path, recwarn):
+    """cp -r of a run folder, then train.resume=auto in the copy: last.ckpt is always the newest state."""
+    from jsddpm.checkpoint import Checkpoint
+    from jsddpm.training.trainer import train
+
+    args = ("train.max_steps=8", "train.ckpt_every_n_steps=1", "train.sample_every_n_epochs=0")
+    straight = tiny_cfg(tmp_path / "a", *args)
+    train(straight)
+    original = tiny_cfg(tmp_path / "b", *args)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(original, callbacks=[CrashAt(3)])
+    copy = tmp_path / "copy"
+    shutil.copytree(original.train.out_dir, copy)
+
+    def in_copy(*extra):
+        return load_config(None, [*TINY, f"data.cache_dir={original.data.cache_dir}", f"train.out_dir={copy}",
+                                  *args, "train.resume=auto", *extra])
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(in_copy(), callbacks=[CrashAt(6)])
+    assert sorted(p.name for p in (copy / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]  # no last-v1
+    assert last_checkpoint(in_copy())["global_step"] == 6
+    first = FirstStep()
+    train(in_copy(), callbacks=[first])
+    assert first.step == 6  # continued from the newest state, not the copied step 3
+    a, c = last_checkpoint(straight), last_checkpoint(in_copy())
+    assert a["global_step"] == c["global_step"] == 8
+    assert_same_state(a, c)
+    best = next(v for k, v in c["callbacks"].items() if "val/loss" in k)
+    assert Path(best["dirpath"]) == Path(best["best_model_path"]).parent == copy / "checkpoints"
+    assert not [w for w in recwarn if "dirpath has changed" in str(w.message)]
+    assert last_checkpoint(original)["global_step"] == 3  # the original folder is untouched
+    # what `jsddpm generate --ckpt COPY/checkpoints/last.ckpt` samples with: the newest EMA weights
+    net = Checkpoint.load(copy / "checkpoints" / "last.ckpt").model()
+    for key, value in net.state_dict().items():
+        torch.testing.assert_close(value, a["state_dict"][f"ema.module.{key}"], rtol=0, atol=0, msg=key)
+
+
+class SignalDuringValidation(L.Callback):
+    """SIGTERM to this process while epoch 0's end-of-epoch validation runs (after its last training step)."""
+
+    def on_validation_start(self, trainer, *args):
+        if trainer.current_epoch == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("patience", [0, 3])
+def test_signal_during_end_of_epoch_validation_resumes_exactly(tmp_path, patience):
+    from jsddpm.training.trainer import train
+
+    # 4 steps per epoch: the signal comes after step 4, while epoch 0's validation runs
+    args = ("train.max_steps=6", "train.ckpt_every_n_steps=1", "train.sample_every_n_epochs=1",
+            f"train.patience={patience}")
+    straight = tiny_cfg(tmp_path / "a", *args)
+    train(straight)
+    interrupted = tiny_cfg(tmp_path / "b", *args)
+    with pytest.raises(Interrupted, match="SIGTERM at step 4: wrote"):
+        train(interrupted, callbacks=[SignalDuringValidation()])
+    assert last_checkpoint(interrupted)["global_step"] == 4
+    train(tiny_cfg(tmp_path / "b", *args, "train.resume=auto"))
+    a, b = last_checkpoint(straight), last_checkpoint(interrupted)
+    assert a["global_step"] == b["global_step"] == 6 and a["epoch"] == b["epoch"] == 1
+    assert_same_state(a, b)
+    samples = tmp_path / "b" / "run" / "samples"
+    assert sorted(p.name for p in samples.iterdir()) == ["epoch_0001.png", "epoch_0002.png"]  # epoch ends run once
+
+
+def test_last_checkpoint_holds_the_final_step(tmp_path):
+    """train.max_steps not a multiple of train.ckpt_every_n_steps: the end of training still writes last.ckpt."""
+    from jsddpm.training.trainer import train
+
+    cfg = tiny_cfg(tmp_path, "train.max_steps=6", "train.ckpt_every_n_steps=4", "train.sample_every_n_epochs=0")
+    train(cfg)
+    assert last_checkpoint(cfg)["global_step"] == 6
+
+
+def test_image_only_model_on_a_cache_with_masks_trains_on_the_image_channel(tmp_path, capsys):
+    from jsddpm.training.trainer import train
+
+    cfg = tiny_cfg(tmp_path, "model.joint_mask=false", "train.max_steps=4", "train.sample_every_n_epochs=1")
+    train(cfg)  # 4 steps: one epoch, its validation and sample grid included
+    assert "model.joint_mask=false: an image-only model; the masks of" in capsys.readouterr().out
+    ckpt = last_checkpoint(cfg)
+    assert ckpt["global_step"] == 4 and ckpt["jsddpm"]["config"]["model"]["joint_mask"] is False
+    assert ckpt["state_dict"]["net.input_conv.weight"].shape[1] == 2  # the image and its self-conditioning copy
+    assert (tmp_path / "run" / "samples" / "epoch_0001.png").is_file()
 
 
 def test_train_errors_are_one_line(tmp_path):

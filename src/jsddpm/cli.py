@@ -21,6 +21,7 @@ COMMANDS = {
     "diagnose": "real vs synthetic diagnostics: run-all, aggregate, report, criteria",
     "demo": "the main job: demo cohort -> cache -> train -> generate -> diagnose -> report.html",
     "study": "train -> generate -> diagnose over a grid of config values, then aggregate",
+    "export": "real + synthetic pairs -> an nnU-Net v2 raw dataset or a MONAI datalist (leak-free splits)",
 }
 
 

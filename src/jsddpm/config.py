@@ -10,9 +10,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 PRESET_DIR = Path(__file__).parent / "configs"
+
+# ------------------------------------------------------------------------------------ choices
+# The values of each choice key, once, at the bottom of the stack: `validate` checks them and the code
+# that implements them (diffusion/, model/, generation/, training/) imports them from here.
+SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid")  # diffusion.schedule
+PREDICTION_TYPES = ("epsilon", "sample", "v", "edm")  # diffusion.prediction_type
+T_SAMPLINGS = ("uniform", "lognormal")  # diffusion.t_sampling
+UPSAMPLE_MODES = ("bilinear", "bicubic", "nearest", "transposed")  # model.upsample
+PRIOR_MODES = ("none", "concat", "cross_attention")  # model.prior
+SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")  # sample.sampler
+PRECISIONS = ("32", "bf16-mixed", "16-mixed", "64")  # train.precision
+SPLITS = ("train", "val", "test", "all")  # a split of a slice cache, or all of it
+SLICE_LABELS = ("lesion", "group")  # data.slice_label
+MASK_SOURCES = ("bank", "generated")  # `jsddpm inpaint --masks`: real lesion masks, or drawn by the model
 
 
 # --------------------------------------------------------------------------------------- data
@@ -266,10 +280,6 @@ def resolve_preset(path: str | Path) -> Path:
     raise UserError(f"{path}: config file not found; give a YAML path or a preset name ({names})")
 
 
-def _one_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0]
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Any:
     """Schema defaults <- YAML file (a path or a preset name) <- `key=value` overrides."""
     from omegaconf import OmegaConf
@@ -281,7 +291,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         try:
             loaded = OmegaConf.load(src)
         except Exception as exc:  # YAML syntax errors
-            raise UserError(f"{src}: not valid YAML ({_one_line(exc)}); fix the file") from None
+            raise UserError(f"{src}: not valid YAML ({first_line(exc)}); fix the file") from None
         if loaded is None:
             loaded = OmegaConf.create({})
         if not OmegaConf.is_dict(loaded):
@@ -317,22 +327,22 @@ def _config_error(exc: Exception, where: str) -> str:
     from omegaconf.errors import ConfigKeyError
 
     key = getattr(exc, "full_key", None) or "?"
-    msg = _one_line(exc)
+    msg = first_line(exc)
     if isinstance(exc, ConfigKeyError):
         return f"{where}: unknown config key '{key}'; check its spelling against the README's configuration reference"
     return f"{where}: bad value for '{key}': {msg}"
 
 
 _CHOICES = {
-    "diffusion.schedule": ("linear", "cosine", "quadratic", "sigmoid"),
-    "diffusion.prediction_type": ("epsilon", "sample", "v", "edm"),
-    "diffusion.t_sampling": ("uniform", "lognormal"),
-    "model.upsample": ("bilinear", "bicubic", "nearest", "transposed"),
-    "model.prior": ("none", "concat", "cross_attention"),
-    "sample.sampler": ("ddpm", "ddim", "dpmpp_2m"),
-    "train.precision": ("32", "bf16-mixed", "16-mixed", "64"),
-    "diagnostics.real_split": ("train", "val", "test", "all"),
-    "data.slice_label": ("lesion", "group"),
+    "diffusion.schedule": SCHEDULES,
+    "diffusion.prediction_type": PREDICTION_TYPES,
+    "diffusion.t_sampling": T_SAMPLINGS,
+    "model.upsample": UPSAMPLE_MODES,
+    "model.prior": PRIOR_MODES,
+    "sample.sampler": SAMPLERS,
+    "train.precision": PRECISIONS,
+    "diagnostics.real_split": SPLITS,
+    "data.slice_label": SLICE_LABELS,
 }
 
 
@@ -347,7 +357,7 @@ def validate(cfg: Any, where: str, overrides=()) -> None:
     given = _override_keys(overrides)
 
     def origin(msg: str) -> str:
-        keys = [k for k in re.findall(r"\b[a-z_]+\.[a-z_0-9]+\b", msg) if k in given]
+        keys = [k for k in re.findall(r"\b[a-z_]+(?:\.[a-z_0-9]+)+\b", msg) if k in given]  # any depth
         return f"command-line override {keys[0]}" if keys else where
 
     for key, value in _leaves(OmegaConf.to_container(cfg, resolve=True)):
@@ -368,16 +378,29 @@ def validate(cfg: Any, where: str, overrides=()) -> None:
          "data.clip_percentiles must be [low, high] with 0 <= low < high <= 100"),
         (len(cfg.data.spacing_mm) == 3 and all(s > 0 for s in cfg.data.spacing_mm),
          "data.spacing_mm must be three positive numbers"),
+        (cfg.data.fov_mm >= 0, "data.fov_mm must be >= 0 (0 = use data.spacing_mm in-plane)"),
+        (cfg.data.lesion_oversample > 0, "data.lesion_oversample must be > 0 (1 = no oversampling)"),
+        (cfg.data.num_workers >= 0, "data.num_workers must be >= 0 (0 = load in the training process)"),
+        (cfg.data.augment.crop_scale >= 1, "data.augment.crop_scale must be >= 1 (1 = no crop)"),
+        (0 <= cfg.data.augment.rotate_deg <= 180, "data.augment.rotate_deg must be in [0, 180]"),
+        (cfg.data.augment.brightness >= 0, "data.augment.brightness must be >= 0"),
+        (0 <= cfg.data.augment.contrast < 1, "data.augment.contrast must be in [0, 1)"),
         (cfg.model.image_channels in (1, 3), "model.image_channels must be 1 or 3"),
         (len(cfg.model.channel_mult) >= 1, "model.channel_mult must list at least one level"),
         (cfg.diffusion.timesteps >= 2, "diffusion.timesteps must be at least 2"),
         (0.0 <= cfg.diffusion.self_conditioning_prob <= 1.0, "diffusion.self_conditioning_prob must be in [0, 1]"),
         (0.0 <= cfg.diffusion.condition_dropout < 1.0, "diffusion.condition_dropout must be in [0, 1)"),
         (cfg.diffusion.sigma_data > 0, "diffusion.sigma_data must be > 0"),
-        (cfg.diffusion.p_std > 0, "diffusion.p_std must be > 0"),
+        # ln sigma: every schedule spans about -6 to 11; beyond +-10 every training step is at one end
+        (-10 <= cfg.diffusion.p_mean <= 10, "diffusion.p_mean must be in [-10, 10] (mean of ln sigma; -1.2 in EDM)"),
+        (0 < cfg.diffusion.p_std <= 10, "diffusion.p_std must be in (0, 10] (the SD of ln sigma; 1.2 in EDM)"),
         (cfg.loss.p > 0, "loss.p must be > 0"),
         (cfg.loss.lesion_weight >= 0, "loss.lesion_weight must be >= 0"),
-        (cfg.loss.ffl_weight >= 0 and cfg.loss.ffl_alpha >= 0, "loss.ffl_weight and loss.ffl_alpha must be >= 0"),
+        (len(cfg.loss.channel_weights) >= 1 and all(w >= 0 for w in cfg.loss.channel_weights)
+         and any(w > 0 for w in cfg.loss.channel_weights),
+         "loss.channel_weights must be >= 0, at least one > 0 (one per channel: image, mask)"),
+        (cfg.loss.ffl_weight >= 0, "loss.ffl_weight must be >= 0"),
+        (cfg.loss.ffl_alpha >= 0, "loss.ffl_alpha must be >= 0"),
         (cfg.loss.ffl_patch_factor >= 1, "loss.ffl_patch_factor must be at least 1"),
         (cfg.loss.min_snr_gamma is None or cfg.loss.min_snr_gamma > 0, "loss.min_snr_gamma must be null or > 0"),
         (len(cfg.loss.uncertainty_init) == 2, "loss.uncertainty_init must be two initial log variances"),
@@ -393,14 +416,22 @@ def validate(cfg: Any, where: str, overrides=()) -> None:
          f"sample.eta={cfg.sample.eta} is used by ddim only ({cfg.sample.sampler} would ignore it); set sample.eta=0"),
         (cfg.sample.batch_size >= 1, "sample.batch_size must be at least 1"),
         (0.0 < cfg.sample.strength <= 1.0, "sample.strength must be in (0, 1] (1 = plain generation)"),
-        (cfg.inpaint.dilate_px >= 0 and cfg.inpaint.resample >= 0 and cfg.inpaint.placement_tries >= 1,
-         "inpaint.dilate_px and inpaint.resample must be >= 0, inpaint.placement_tries >= 1"),
-        (str(cfg.diagnostics.utility_train_split) in ("train", "val", "test", "all"),
-         "diagnostics.utility_train_split must be one of train, val, test, all"),
+        # one key per check: origin() names the first key of a message that came from the command line
+        (cfg.inpaint.dilate_px >= 0, "inpaint.dilate_px must be >= 0"),
+        (cfg.inpaint.resample >= 0, "inpaint.resample must be >= 0"),
+        (cfg.inpaint.placement_tries >= 1, "inpaint.placement_tries must be at least 1"),
+        (str(cfg.diagnostics.utility_train_split) in SPLITS,
+         f"diagnostics.utility_train_split must be one of {', '.join(SPLITS)}"),
         (cfg.diagnostics.n_null_repeats >= 2, "diagnostics.n_null_repeats must be at least 2 (a null SD needs two)"),
-        (cfg.diagnostics.utility_seeds >= 1 and cfg.diagnostics.utility_steps >= 1
-         and cfg.diagnostics.utility_batch_size >= 1 and cfg.diagnostics.utility_lr > 0,
-         "diagnostics.utility_seeds, utility_steps, utility_batch_size must be >= 1 and utility_lr > 0"),
+        (0 < cfg.diagnostics.fdr_alpha < 1, "diagnostics.fdr_alpha must be in (0, 1)"),
+        (cfg.diagnostics.glcm_levels >= 2, "diagnostics.glcm_levels must be at least 2"),
+        (cfg.diagnostics.classifier_folds >= 2, "diagnostics.classifier_folds must be at least 2 (cross-fitting)"),
+        (cfg.diagnostics.severity_z0 >= 0, "diagnostics.severity_z0 must be >= 0"),
+        (cfg.diagnostics.severity_scale > 0, "diagnostics.severity_scale must be > 0"),
+        (cfg.diagnostics.utility_seeds >= 1, "diagnostics.utility_seeds must be at least 1"),
+        (cfg.diagnostics.utility_steps >= 1, "diagnostics.utility_steps must be at least 1"),
+        (cfg.diagnostics.utility_batch_size >= 1, "diagnostics.utility_batch_size must be at least 1"),
+        (cfg.diagnostics.utility_lr > 0, "diagnostics.utility_lr must be > 0"),
         (len(cfg.diagnostics.utility_widths) >= 1
          and all(w >= 4 and w % 4 == 0 for w in cfg.diagnostics.utility_widths),
          "diagnostics.utility_widths must list positive multiples of 4, e.g. [8, 16, 32]"),

@@ -11,16 +11,19 @@ from .errors import UserError
 
 
 def batch_conditions(cfg, zbins, labels, priors: torch.Tensor | None, device, z=None) -> dict:
-    """The network's conditions for a batch: class, z (default: the z-bin centre (b + 0.5) / n_zbins)
-    and the z-bin's prior map, each only when the model uses it."""
+    """The network's conditions for a batch to draw: class, z (default: the z-bin centre
+    (b + 0.5) / n_zbins) and the z-bin's prior map, each only when the model uses it."""
+    from .model import condition_names
+
     zbins_t = torch.as_tensor(np.asarray(zbins), dtype=torch.long)
     conditions = {}
-    if cfg.model.num_classes > 0:
+    names = condition_names(cfg)
+    if "label" in names:
         conditions["label"] = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=device)
-    if cfg.model.z_conditioning:
+    if "z" in names:
         z = (zbins_t.float() + 0.5) / int(cfg.data.n_zbins) if z is None else torch.as_tensor(np.asarray(z))
         conditions["z"] = z.to(device=device, dtype=torch.float32)
-    if cfg.model.prior != "none":
+    if "prior" in names:
         if priors is None:
             raise UserError("checkpoint has no prior maps but model.prior is set; retrain with this version")
         conditions["prior"] = priors[zbins_t].unsqueeze(1).to(device)

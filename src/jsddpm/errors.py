@@ -1,4 +1,5 @@
 """How a stage fails: the exceptions a user can cause, and the one line (and exit code) each becomes.
+The bottom of the package: it imports nothing of jsddpm, so every module can raise and format these.
 
 The CLI prints `jsddpm COMMAND: <line>` on stderr and exits with the code (docs/failures.md):
 - `UserError` (bad input, bad config, a busy or non-empty output folder, a damaged file): exit 2;
@@ -40,6 +41,14 @@ _OS_HINTS = {
 }
 
 
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """An exception's first line, cut at a word boundary: what a one-line error shows of a cause."""
+    text = str(exc).strip().splitlines()[0].strip() if str(exc).strip() else type(exc).__name__
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + " ..."
+    return text
+
+
 def os_error_line(exc: OSError) -> str:
     hint = _OS_HINTS.get(exc.errno or -1) or (exc.strerror or str(exc)).strip()
     where = exc.filename if exc.filename is not None else None
@@ -74,8 +83,6 @@ def root_cause(exc: BaseException) -> BaseException:
 
 def describe_failure(exc: BaseException) -> tuple[int, str] | None:
     """(exit code, one line) for an expected kind of failure; None for a bug (let the traceback show)."""
-    from .io import first_line
-
     exc = root_cause(exc)
     if isinstance(exc, Interrupted):
         return 130, f"interrupted; {exc}" if str(exc) else "interrupted"

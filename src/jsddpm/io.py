@@ -14,11 +14,11 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import UserError, first_line
+
 
 def require_free_output(out: str | os.PathLike) -> None:
     """An output folder must not exist or be empty: results are never mixed into an older run."""
-    from .errors import UserError
-
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is a file, not a folder; choose another --out or delete the file")
@@ -47,8 +47,6 @@ def output_lock(out: str | os.PathLike) -> Iterator[None]:
     The file is removed on release; the inode check after locking makes that removal race-free.
     """
     import fcntl
-
-    from .errors import UserError
 
     path = lock_path(out)
     key = str(path)
@@ -126,8 +124,6 @@ def remove_stale_temps(out: str | os.PathLike) -> list[Path]:
 
 
 def _refuse_current_folder(out: Path) -> None:
-    from .errors import UserError
-
     real, here = out.resolve(), Path.cwd().resolve()
     if real == here or real in here.parents:
         raise UserError(f"{out}: is the current folder or holds it; a run cannot replace the folder it is "
@@ -142,8 +138,6 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
     either holds a complete result or does not exist (or keeps its previous content when it existed
     before). Temporary folders of earlier runs that died are removed first.
     """
-    from .errors import UserError
-
     out = Path(out)
     _refuse_current_folder(out)
     if out.exists() and not out.is_dir():
@@ -248,22 +242,12 @@ def reading(path: str | os.PathLike, what: str, fix: str) -> Iterator[None]:
     (reason); FIX". OS errors (missing, unreadable) pass on: the CLI names their path itself."""
     import zipfile
 
-    from .errors import UserError
-
     try:
         yield
     except UserError:
         raise
     except (*FORMAT_ERRORS, zipfile.BadZipFile) as exc:
         raise UserError(f"{path}: not a readable {what} ({first_line(exc)}); {fix}") from None
-
-
-def first_line(exc: BaseException, limit: int = 160) -> str:
-    """An exception's first line, cut at a word boundary: what a one-line error shows of a cause."""
-    text = str(exc).strip().splitlines()[0].strip() if str(exc).strip() else type(exc).__name__
-    if len(text) > limit:
-        text = text[:limit].rsplit(" ", 1)[0] + " ..."
-    return text
 
 
 def versions() -> dict[str, str]:

@@ -130,22 +130,23 @@ def inpaint_stage(ckpt: Path, cache_dir: Path, out: Path, n: int = 8, log: Log =
     return out
 
 
-def report_with_inpainted_row(report_html: str, grid_png: Path) -> str:
-    """The report with a section showing the inpainting grid (embedded), before "How to read this"."""
-    import base64
+def inpainted_report(diag_dir: Path, inpainted_dir: Path, log: Log = print) -> Path:
+    """The diagnostics report with a section showing the inpainting grid: stored in the diagnostics
+    folder (so `jsddpm diagnose report` keeps it) and re-rendered; returns its report.html."""
+    from .diagnostics.report_html import Section, img
+    from .diagnostics.stage import add_report_section
 
-    section = ("<h2>Inpainted lesions</h2><p>Real lesion-free training slices with a real lesion mask of another "
-               "subject inpainted (<code>jsddpm inpaint</code>): source | result | mask | |difference|. Outside "
-               "the dilated mask the result is the source, exactly.</p><img alt=\"inpainted examples\" "
-               f"src=\"data:image/png;base64,{base64.b64encode(grid_png.read_bytes()).decode()}\">")
-    for anchor in ("<h2>How to read this</h2>", "</body>"):
-        if anchor in report_html:
-            return report_html.replace(anchor, section + anchor, 1)
-    return report_html + section
+    png = (inpainted_dir / "grid_inpaint.png").read_bytes()
+    body = ("<p>Real lesion-free training slices with a real lesion mask of another subject inpainted "
+            "(<code>jsddpm inpaint</code>): source | result | mask | |difference|. Outside the dilated mask "
+            f"the result is the source, exactly.</p>{img(png, 'inpainted examples')}")
+    report = add_report_section(diag_dir, "inpainted", Section("Inpainted lesions", body, {"inpainted": png}))
+    log(f"report: inpainted lesions added to {report}")
+    return report
 
 
 def diagnose_stage(cfg: Any, real: Path, synthetic: Path, out: Path, log: Log = print) -> Path:
-    from .diagnose import run_all
+    from .diagnostics.stage import run_all
 
     if (out / "diagnostics.json").is_file():
         log(f"diagnose: reusing {out}")

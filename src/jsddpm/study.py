@@ -48,11 +48,32 @@ def parse_grid(items: Sequence[str]) -> dict[str, list]:
             raise UserError(f"--grid '{item}': expected key=v1,v2,... e.g. loss.p=1.5,2.0")
         if key in grid:
             raise UserError(f"--grid: key '{key}' given twice; list all its values once")
-        parsed = [_yaml_scalar(v) for v in values.split(",")]
-        if len(set(map(repr, parsed))) != len(parsed):
-            raise UserError(f"--grid '{item}': repeated value")
+        texts = values.split(",")
+        if any(not t.strip() for t in texts):
+            raise UserError(f"--grid '{item}': {key} has an empty value (a trailing or doubled comma); "
+                            f"list its values as {key}=v1,v2")
+        parsed = [_yaml_scalar(t) for t in texts]
+        seen: dict = {}
+        for i, value in enumerate(parsed):
+            first = seen.setdefault(_same_value_key(value), i)
+            if first != i:
+                raise UserError(f"--grid '{item}': {key} lists {texts[first].strip()} and {texts[i].strip()}, the "
+                                "same value; list each value once")
         grid[key] = parsed
     return grid
+
+
+def _same_value_key(value):
+    """Values the config would hold the same compare equal: 2, 2.0, 2e0 and 1e-3, 0.001 are one number
+    each (YAML reads 1e-3 as a string; the config schema makes it a float)."""
+    if isinstance(value, str):
+        try:
+            return ("number", float(value))
+        except ValueError:
+            return ("str", value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return ("number", float(value))
+    return (type(value).__name__, repr(value))
 
 
 def _yaml_scalar(text: str):
@@ -133,7 +154,7 @@ def finish_study(diag_dirs: Sequence[Path], out: Path, log: Callable[[str], None
     `out/aggregate` (cross_experiment.csv, grouped tables, variance shares) and `out/study.md`: the
     prediction-type table, the Lp table within the best prediction type, the share of variance in
     severity per factor, and a one-line summary naming the best configuration and dominant factor."""
-    from .diagnose import aggregate
+    from .diagnostics.stage import aggregate
     from .io import atomic_write_text
 
     if len(diag_dirs) < 2:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 
 def add_arguments(parser) -> None:
-    from . import add_config_arguments
+    from . import add_shared_options
 
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--manifest", help="CSV with columns subject_id,image,mask,group (NIfTI volumes)")
     source.add_argument("--images", help="folder of class sub-folders holding .png/.jpg/.tif images")
-    parser.add_argument("--out", required=True, help="output cache folder (must not exist or be empty)")
-    add_config_arguments(parser)
+    add_shared_options(parser, out="output cache folder (must not exist or be empty)", config=True, overrides=True)
 
 
 def run(args) -> int:

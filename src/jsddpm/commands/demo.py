@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from . import add_cohort_arguments
+from . import add_cohort_arguments, add_shared_options
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--out", default="demo_out", help="output folder (default demo_out); rerun to resume")
+    add_shared_options(parser, out="output folder (default demo_out); rerun to resume", out_default="demo_out")
     parser.add_argument("--minutes", type=float, default=None,
                         help="training budget in minutes (default: the preset's train.max_minutes, 6)")
     add_cohort_arguments(parser)
-    parser.add_argument("--config", "-c", default="demo_cpu", help="config path or preset (default demo_cpu)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    add_shared_options(parser, config="config path or preset (default demo_cpu)", config_default="demo_cpu",
+                       overrides="config overrides")
 
 
 def run(args) -> int:
@@ -25,7 +25,7 @@ def run(args) -> int:
         ensure_cache,
         ensure_cohort,
         inpaint_stage,
-        report_with_inpainted_row,
+        inpainted_report,
         run_point,
         timed_logger,
         trained_checkpoint,
@@ -46,7 +46,6 @@ def run(args) -> int:
     diag = run_point(cfg, cache, out, log)
     inpainted = inpaint_stage(trained_checkpoint(out / "train"), cache, out / "inpainted", log=log)
     report = out / "report.html"
-    html = report_with_inpainted_row((diag / "report.html").read_text(), inpainted / "grid_inpaint.png")
-    atomic_write_bytes(report, html.encode())  # self-contained: figures are embedded
+    atomic_write_bytes(report, inpainted_report(diag, inpainted, log).read_bytes())  # self-contained
     log(f"demo: done in {(time.perf_counter() - t0) / 60:.1f} min. Open {report}")
     return 0

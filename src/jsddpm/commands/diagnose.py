@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from . import add_config_arguments, config_from_args
+from ..diagnostics.families import NAMES
+from . import add_config_arguments, add_shared_options, config_from_args
 
-FAMILIES_HELP = ("spectral, wavelet, texture, boundary, background, spatial, pixel, intensity, morphology, "
-                 "memorization, feature_distance, classifier, utility")
+FAMILIES_HELP = ", ".join(NAMES)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("run-all", help="every metric family, the null, severity, classifier, report")
     p.add_argument("--real", required=True, help="real set: slice cache folder, generation folder or .npz")
     p.add_argument("--synthetic", required=True, help="synthetic set: generation folder, .npz or cache folder")
-    p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    add_shared_options(p, out=True)
     p.add_argument("--real-split", default=None, help="split of a real cache (default: diagnostics.real_split)")
     p.add_argument("--synthetic-split", default=None, help="split of a synthetic cache (default: the real split)")
     p.add_argument("--train", default=None,
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="slice cache with masks: its train split trains, its test split scores (diagnostics."
                         "utility_train_split / real_split)")
     p.add_argument("--synthetic", required=True, help="generation folder, .npz with a mask channel, or a cache")
-    p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    add_shared_options(p, out=True)
     p.add_argument("--synthetic-split", default=None,
                    help="split of a synthetic cache, e.g. val for a real reference arm (default: the real split)")
     p.add_argument("--image-channels", type=int, default=None,
@@ -41,15 +41,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("aggregate", help="cross-experiment tables over several run-all folders")
     p.add_argument("dirs", nargs="+", help="diagnostics folders written by run-all")
-    p.add_argument("--out", required=True, help="output folder")
+    add_shared_options(p, out="output folder")
 
     p = sub.add_parser("report", help="re-render DIR/report.html from DIR/diagnostics.json")
     p.add_argument("dir", help="a diagnostics folder written by run-all")
 
-    p = sub.add_parser("criteria", help="the proposal's success criteria: pass/fail vs a baseline")
+    p = sub.add_parser("criteria", help="the proposal's success criteria: pass/fail vs a baseline (exit 0: all "
+                                        "passed, 3: a criterion failed or is missing, 2: bad input)",
+                       description="Exit status: 0 every criterion passed; 3 a criterion failed or its metric is "
+                                   "missing; 2 an input cannot be used (one line on stderr).")
     p.add_argument("--baseline", required=True, help="diagnostics folder of the baseline model")
     p.add_argument("--candidate", required=True, help="diagnostics folder of the candidate model")
-    p.add_argument("--out", default=None, help="where criteria.csv/json go (default: the candidate folder)")
+    add_shared_options(p, out="where criteria.csv/json go (default: the candidate folder)", out_default=None)
 
 
 def _list_override(key: str, values) -> str:
@@ -57,7 +60,7 @@ def _list_override(key: str, values) -> str:
 
 
 def run(args) -> int:
-    from .. import diagnose
+    from ..diagnostics import stage as diagnose
 
     if args.action == "run-all":
         # `--skip a b key=value`: argparse gives the trailing overrides to the family list
@@ -87,5 +90,7 @@ def run(args) -> int:
     elif args.action == "criteria":
         rows, text = diagnose.criteria(args.baseline, args.candidate, args.out)
         print(text)
-        return 0 if all(r["passed"] is True for r in rows) else 1
+        from ..diagnostics.criteria import CRITERIA_NOT_MET
+
+        return 0 if all(r["passed"] is True for r in rows) else CRITERIA_NOT_MET
     return 0

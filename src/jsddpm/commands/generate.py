@@ -3,17 +3,16 @@
 
 
 def add_arguments(parser) -> None:
+    from . import add_shared_options
+
     parser.add_argument("--ckpt", required=True, help="checkpoint written by jsddpm train (last.ckpt / best.ckpt)")
-    parser.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     parser.add_argument("--spec", default=None,
                         help="JSON counts per (z-bin, class); default: sample.n_per_condition for each")
-    parser.add_argument("--config", "-c", default=None,
-                        help="YAML whose sample section replaces the checkpoint's (optional)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--source", default=None,
                         help="slice cache whose real slices sample.strength < 1 varies (SDEdit)")
     parser.add_argument("--split", default="train", help="split of --source to draw slices from (default train)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="sample.* overrides, e.g. sample.steps=25")
+    add_shared_options(parser, out=True, config="YAML whose sample section replaces the checkpoint's (optional)",
+                       overwrite=True, overrides="sample.* overrides, e.g. sample.steps=25")
 
 
 def run(args) -> int:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from . import add_cohort_arguments
+from . import add_cohort_arguments, add_shared_options
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    add_shared_options(parser, out=True)
     add_cohort_arguments(parser)
 
 

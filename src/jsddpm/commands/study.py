@@ -5,14 +5,15 @@ from __future__ import annotations
 
 def add_arguments(parser) -> None:
     from ..study import DEFAULT_GRID
+    from . import add_shared_options
 
-    parser.add_argument("--config", "-c", default="demo_cpu", help="base config path or preset (default demo_cpu)")
     parser.add_argument("--grid", nargs="+", default=list(DEFAULT_GRID), metavar="key=v1,v2",
                         help=f"grid axes (default: {' '.join(DEFAULT_GRID)})")
-    parser.add_argument("--out", required=True, help="study folder; rerun the same command to resume")
     parser.add_argument("--cache", default=None,
                         help="slice cache to train on (default: data.cache_dir, else the demo cohort built in DIR)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides applied to every point")
+    add_shared_options(parser, out="study folder; rerun the same command to resume",
+                       config="base config path or preset (default demo_cpu)", config_default="demo_cpu",
+                       overrides="overrides applied to every point")
 
 
 def run(args) -> int:

@@ -1,7 +1,8 @@
 """The slice cache: build it from a manifest of NIfTI volumes, write it atomically, load it.
 
 Folder layout (docs/internals.md): images.npy, masks.npy (joint data only), index.csv, priors.npy,
-stats.json, config.yaml, versions.json.
+stats.json, config.yaml, versions.json, and validated.npz (the stamp of the last full check, written by
+`load_cache`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,9 +124,12 @@ def _all_finite_within(array: np.ndarray, lo: float, hi: float, rows: int = 256)
     return True
 
 
-def check_cache(cache: SliceCache) -> None:
+def check_cache(cache: SliceCache, values: bool = True) -> None:
     """A cache damaged or edited after it was built is refused in one line naming the file: the files
-    must agree in length and shape, and images / priors must be finite values in their range."""
+    must agree in length and shape, and images / priors must be finite values in their range.
+
+    `values=False` skips reading every value of images.npy and masks.npy (the slow part: ~13 s for 13 GB),
+    for a cache whose stamp (`stamped_index`) shows it unchanged since a full check passed."""
     root = cache.root
     fix = "the cache was damaged or edited after it was built; rebuild it with `jsddpm cache`"
     images, masks, priors = cache.images, cache.masks, cache.priors
@@ -155,6 +161,8 @@ def check_cache(cache: SliceCache) -> None:
                         f"{n_zbins} z-bins / {len(cache.classes)} classes; {fix}")
     if not _all_finite_within(priors, -1e-3, 1.0 + 1e-3):
         raise UserError(f"{root / 'priors.npy'}: holds NaN, Inf or values outside [0, 1]; {fix}")
+    if not values:
+        return
     if not _all_finite_within(images, -1.001, 1.001):
         raise UserError(f"{root / 'images.npy'}: holds NaN, Inf or values outside [-1, 1]; {fix}")
     if masks is not None and not _all_finite_within(masks, 0, 1):
@@ -162,13 +170,19 @@ def check_cache(cache: SliceCache) -> None:
 
 
 def load_cache(path) -> SliceCache:
-    """The slice cache at `path`, checked (see `check_cache`): a damaged cache never reaches a stage."""
+    """The slice cache at `path`, checked (see `check_cache`): a damaged cache never reaches a stage.
+
+    Every value is read only when the cache's stamp does not show it unchanged since the last full check
+    (`stamped_index`); a full check that passes writes a new stamp, so later loads take milliseconds."""
     from ..io import reading
 
     root = Path(path)
     missing = [n for n in ("images.npy", "index.csv", "priors.npy", "stats.json") if not (root / n).is_file()]
     if missing:
         raise UserError(f"{root}: not a slice cache (no {' / '.join(missing)}); build one with `jsddpm cache`")
+    started_ns, states = time.time_ns(), file_states(root)
+    fingerprint = cache_fingerprint(root)
+    stamped = stamped_index(root, states, fingerprint)
     masks_path = root / "masks.npy"
     stats_path = root / "stats.json"
     with reading(stats_path, "cache summary (JSON)", "rebuild the cache with `jsddpm cache`"):
@@ -177,12 +191,86 @@ def load_cache(path) -> SliceCache:
         root=root,
         images=_load_npy(root / "images.npy", mmap=True),
         masks=_load_npy(masks_path, mmap=True) if masks_path.is_file() else None,
-        index=read_index(root / "index.csv"),
+        index=read_index(root / "index.csv") if stamped is None else stamped,
         priors=_load_npy(root / "priors.npy", mmap=False),
         stats=stats,
     )
-    check_cache(cache)
+    check_cache(cache, values=stamped is None)
+    if stamped is None and file_states(root) == states:  # unchanged while it was read: what was checked is there
+        write_stamp(root, states, fingerprint, started_ns, cache.index)
     return cache
+
+
+# ------------------------------------------------------------------------------ validation stamp
+# The stamp records what the files looked like when a full check passed: size, modification and change
+# times and inode of each file, and the fingerprint (a hash of index.csv and stats.json); it also holds
+# the parsed index (parsing a 100,000-row index.csv takes ~1 s, loading its columns from the stamp ~20 ms).
+# Any write, copy, `touch` or replacement changes the change time (which no user can set) or the inode,
+# so a file edited since is read in full again. A file changed within STAMP_SETTLE_NS before a check
+# could be edited again within the same file-system clock tick without a visible change (git's "racy
+# clean" files), so such a stamp is not trusted: the next load checks in full and writes a new one.
+STAMP = "validated.npz"
+STAMP_FILES = ("images.npy", "masks.npy", "priors.npy", "index.csv", "stats.json")
+STAMP_SETTLE_NS = 2_000_000_000  # 2 s: coarser than any file-system clock tick (FAT's is 2 s)
+
+
+def file_states(root) -> dict[str, list[int]]:
+    """Per cache file present: [size, mtime_ns, ctime_ns, inode]."""
+    states = {}
+    for name in STAMP_FILES:
+        try:
+            st = os.stat(Path(root) / name)
+        except FileNotFoundError:
+            continue
+        states[name] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    return states
+
+
+def stamp_locations(root) -> list[Path]:
+    """Where a cache's stamp may be: inside the cache, else (a read-only cache, e.g. a shared one) in the
+    user's cache folder under a name derived from the cache's absolute path."""
+    import hashlib
+
+    root = Path(root)
+    user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jsddpm" / "cache_stamps"
+    key = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
+    return [root / STAMP, user / f"{key}.npz"]
+
+
+def stamped_index(root, states: dict[str, list[int]], fingerprint: str) -> dict[str, np.ndarray] | None:
+    """The index held by a stamp that shows the files `states` unchanged since a full check passed on
+    them; None when there is no such stamp."""
+    import zipfile
+
+    for location in stamp_locations(root):
+        try:
+            with np.load(location, allow_pickle=False) as data:
+                stamp = json.loads(str(data["stamp"]))
+                if not (isinstance(stamp, dict) and stamp.get("files") == states
+                        and stamp.get("fingerprint") == fingerprint and isinstance(stamp.get("checked_ns"), int)
+                        and all(max(s[1], s[2]) + STAMP_SETTLE_NS <= stamp["checked_ns"] for s in states.values())):
+                    continue
+                return {name: data[f"index.{name}"] for name in stamp["columns"]}
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
+            continue
+    return None
+
+
+def write_stamp(root, states: dict[str, list[int]], fingerprint: str, checked_ns: int,
+                index: dict[str, np.ndarray]) -> None:
+    """Record a passed full check (started at `checked_ns`) with the parsed index; a stamp that cannot be
+    written anywhere only costs the next load a full check."""
+    from ..io import atomic_write_bytes
+
+    stamp = {"files": states, "fingerprint": fingerprint, "checked_ns": checked_ns, "columns": list(index)}
+    buf = io.BytesIO()
+    np.savez(buf, stamp=np.asarray(json.dumps(stamp)), **{f"index.{k}": v for k, v in index.items()})
+    for location in stamp_locations(root):
+        try:
+            atomic_write_bytes(location, buf.getvalue())
+            return
+        except OSError:
+            continue
 
 
 # ---------------------------------------------------------------------------------------- writing

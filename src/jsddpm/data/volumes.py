@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 AFFINE_TOL_MM = 1e-3
 
@@ -64,8 +64,7 @@ def load_nifti(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
         img = nib.as_closest_canonical(nib.load(str(path)))
         data = np.asarray(img.get_fdata(dtype=np.float32))
     except Exception as exc:  # nibabel raises many types for truncated / non-NIfTI files
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"{path}: not a readable NIfTI {what} ({reason}); re-export the file") from None
+        raise UserError(f"{path}: not a readable NIfTI {what} ({first_line(exc)}); re-export the file") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:

@@ -2,16 +2,19 @@
 from folder names), relative severity, grouped tables, and markdown tables laid out like the
 reference study's (metric rows, experiment / factor-level columns, an "Ideal" column).
 
-Pure functions on loaded dicts; `jsddpm.diagnose.aggregate` reads the folders and writes the files,
+Pure functions on loaded dicts; `stage.aggregate` reads the folders and writes the files,
 and `jsddpm study` can reuse `prediction_type_table`, `lp_table` and `variance_explained`.
 Severities are ranked only when every run computed them over the same components with the same
 definition (severity.comparable_key); otherwise `experiment_rows` refuses with one line saying why.
+A record holding NaN or Inf, or a number where run-all writes a mapping, is refused the same way
+(`check_record`, also used by `criteria`).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import PurePath
 
 import numpy as np
 
@@ -90,6 +93,37 @@ def metric_value(diag: dict, name: str):
     return None if rec is None else rec.get("value")
 
 
+def _non_finite(tree, path: str = ""):
+    """(dotted path, value) of the first NaN or Inf number in a JSON tree, or None."""
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else ()
+    for k, v in items:
+        key = f"{path}.{k}" if path else str(k)
+        if isinstance(v, float) and not math.isfinite(v):
+            return key, v
+        found = _non_finite(v, key) if isinstance(v, dict | list) else None
+        if found:
+            return found
+    return None
+
+
+def check_record(diag: dict, where: str) -> None:
+    """UserError (one line naming `where`, the file, and the field) unless `diag` reads as a record
+    `jsddpm diagnose run-all` writes: `severity` and `utility` mappings (or absent), one mapping per metric,
+    and no NaN or Inf anywhere (run-all writes a value it could not compute as null, so a non-finite
+    number is a damaged or hand-edited file; ranked or compared, it would pass as a result)."""
+    fix = "rerun `jsddpm diagnose run-all` for it"
+    for name in ("severity", "utility"):
+        if diag.get(name) is not None and not isinstance(diag[name], dict):
+            raise UserError(f"{where}: '{name}' is {type(diag[name]).__name__} {diag[name]!r}, not the mapping "
+                            f"run-all writes (e.g. {{\"{name}\": {{\"severity\": 0.3, ...}}}}); {fix}")
+    bad = next((k for k, v in (diag.get("metrics") or {}).items() if v is not None and not isinstance(v, dict)), None)
+    if bad is not None:
+        raise UserError(f"{where}: metric '{bad}' is {diag['metrics'][bad]!r}, not a mapping with a 'value'; {fix}")
+    found = _non_finite(diag)
+    if found:
+        raise UserError(f"{where}: {found[0]} is {found[1]}, not a finite number; {fix}")
+
+
 def require_comparable(runs: list[Run]) -> None:
     """UserError (one line) when the runs' severities are means over different components or definitions."""
     why = incomparable({r.name: r.diagnostics.get("severity") for r in runs})
@@ -98,7 +132,10 @@ def require_comparable(runs: list[Run]) -> None:
 
 
 def experiment_rows(runs: list[Run]) -> tuple[list[dict], list[str]]:
-    """cross_experiment rows (experiment, factors, severity, relative_severity, metrics) and the factors."""
+    """cross_experiment rows (experiment, factors, severity, relative_severity, metrics) and the factors.
+    Every run's record is checked first (check_record)."""
+    for r in runs:
+        check_record(r.diagnostics, str(PurePath(r.path) / "diagnostics.json") if r.path else r.name)
     require_comparable(runs)
     factors = varying_factors(runs)
     rel = relative_severity([r.diagnostics.get("metrics", {}) for r in runs])

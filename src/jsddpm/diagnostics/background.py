@@ -10,7 +10,6 @@ from .common import Features, metric
 from .regions import tissues
 
 NAME = "background"
-NEEDS_MASK = False
 HIST_RANGE = (-1.0, -0.5)  # background histogram grid for the figure (values beyond go to the end bins)
 HIST_BINS = 50
 

@@ -21,7 +21,6 @@ from .common import Features, absent, metric
 from .regions import IN_PLANE_8, lesion_patches, tissues
 
 NAME = "boundary"
-NEEDS_MASK = True
 
 
 def lesion_profiles(patches: np.ndarray, patch_masks: np.ndarray, R: int):

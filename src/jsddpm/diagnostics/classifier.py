@@ -35,7 +35,6 @@ from ..errors import UserError
 from .common import metric, one_torch_thread
 
 NAME = "classifier"
-NEEDS_MASK = False
 
 
 # ------------------------------------------------------------------------------ rank statistics

@@ -1,9 +1,14 @@
-"""Shared containers for the metric families: per-sample `Features` that a bootstrap or a real-vs-real
-half split can index without recomputing anything."""
+"""Shared pieces of the diagnostics: per-sample `Features` that a bootstrap or a real-vs-real draw can
+index without recomputing anything, metric records, the one-thread contexts (BLAS, torch) and the
+plain-data helpers (JSON-able values, CSV text)."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
+import json
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -81,3 +86,47 @@ def one_torch_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """`compare` re-runs on small matrices hundreds of times: multi-threaded BLAS only adds
+    synchronisation there (100x slower on a busy 2-core machine), so those loops run single-threaded."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
+        yield
+        return
+    with threadpool_limits(limits=1):
+        yield
+
+
+def jsonable(obj):
+    """numpy containers -> plain lists / floats (non-finite -> None), so results can be stored as JSON."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def json_text(obj) -> str:
+    """The JSON files' layout: indented, one trailing newline."""
+    return json.dumps(obj, indent=1) + "\n"
+
+
+def csv_text(rows: list[dict], columns: list[str] | None = None) -> str:
+    """Rows as CSV text (None -> empty cell); columns default to the first row's keys."""
+    columns = columns or (list(rows[0].keys()) if rows else [])
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
+    return buf.getvalue()

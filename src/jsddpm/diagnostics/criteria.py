@@ -10,12 +10,16 @@
 - real+synthetic Dice not below real: the utility family's paired Dice difference >= 0 (its CI in the
   detail); only for candidates diagnosed with the utility family
 A criterion whose metric is missing is reported with passed = None (not a pass).
+`jsddpm diagnose criteria` exits CRITERIA_NOT_MET unless every criterion passed (docs/failures.md).
 """
 
 from __future__ import annotations
 
 from ..errors import UserError
+from .aggregate import check_record
 from .severity import incomparable
+
+CRITERIA_NOT_MET = 3  # the exit code of `jsddpm diagnose criteria` when a criterion failed or is missing
 
 
 def _value(diag: dict, name: str):
@@ -44,8 +48,11 @@ def _within(diag: dict, stem: str, label: str, tolerance: float) -> dict:
                 f"synthetic {synth:.4g} vs real {real:.4g}")
 
 
-def evaluate(baseline: dict, candidate: dict) -> list[dict]:
-    """Rows {criterion, value, target, passed (True / False / None when missing), detail}."""
+def evaluate(baseline: dict, candidate: dict, names: tuple[str, str] = ("baseline", "candidate")) -> list[dict]:
+    """Rows {criterion, value, target, passed (True / False / None when missing), detail}. `names`
+    (e.g. the two diagnostics.json paths) name the records in the one-line refusals of check_record."""
+    check_record(baseline, names[0])
+    check_record(candidate, names[1])
     why = incomparable({"baseline": baseline.get("severity"), "candidate": candidate.get("severity")})
     if why:
         raise UserError(f"criteria: {why}")

@@ -20,12 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .common import Features, metric
+from .common import Features, metric, one_blas_thread
 from .morphology import capped_rows, distinct_rows, poly_mmd2_unbiased
-from .regions import gray, one_blas_thread
+from .regions import gray
 
 NAME = "feature_distance"
-NEEDS_MASK = False
 BUILTIN_CHANNELS = (8, 16, 32)
 BATCH = 128
 LOG_FLOOR = 1e-3  # builtin features are log(activation statistic + LOG_FLOOR)

@@ -15,7 +15,6 @@ from .common import Features, metric
 from .regions import tissues
 
 NAME = "intensity"
-NEEDS_MASK = False
 TISSUES = ("lesion", "brain", "background")
 CHUNK = 256
 

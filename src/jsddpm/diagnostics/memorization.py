@@ -6,7 +6,7 @@ images do (copies give 0).
 Inputs: `features(images, masks, cfg)` is called for each of the three sets (train, held-out real,
 synthetic) and holds block-mean grayscale vectors (longer side <= `cfg.memorization_max_side`; an
 exact copy stays an exact copy). `compare(real, synth, cfg, train=train_features)` takes the train set's
-features as a keyword (the runner passes it for modules with NEEDS_TRAIN). `compute(train, real,
+features as a keyword (the runner passes it: the registry says memorisation needs it). `compute(train, real,
 synth, cfg)` does all of it from arrays. The NN distance of a sample depends only on its content and
 the train set, so compare memoises it per content hash: a bootstrap resample costs no new search.
 """
@@ -21,8 +21,6 @@ from .common import Features, metric
 from .regions import downsample, gray
 
 NAME = "memorization"
-NEEDS_MASK = False
-NEEDS_TRAIN = True
 CHUNK = 512
 
 _NN_CACHE: dict = {"train": None, "dist": {}}  # train-set key -> {content hash: NN distance}

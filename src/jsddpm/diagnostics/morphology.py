@@ -36,11 +36,10 @@ import numpy as np
 from scipy import ndimage, stats
 from scipy.spatial import ConvexHull, QhullError
 
-from .common import Features, absent, metric
-from .regions import IN_PLANE_8, as_masks, one_blas_thread
+from .common import Features, absent, metric, one_blas_thread
+from .regions import IN_PLANE_8, as_masks
 
 NAME = "morphology"
-NEEDS_MASK = True
 LESION_FEATURES = ("area", "perimeter", "circularity", "solidity", "extent", "eccentricity",
                    "major_axis", "minor_axis")
 LOG_FEATURES = ("area", "perimeter", "major_axis", "minor_axis")  # heavy-tailed sizes: log1p before MMD

@@ -16,7 +16,6 @@ from .common import Features, metric
 from .regions import downsample, gray
 
 NAME = "pixel"
-NEEDS_MASK = False
 
 
 def features(images: np.ndarray, masks: np.ndarray | None, cfg) -> Features:

@@ -37,68 +37,30 @@ statistic's mean. Read the CI as the range of the statistic's expected value at 
 the same quantity the null mean gives for real vs real. Intervals of quantities that cannot be
 negative are cut at 0.
 
-Pure arrays in, plain dicts out; loading and writing live in `jsddpm.diagnose`.
+`run_diagnostics` runs the selected families of the registry (families.py): the resampled ones here,
+the trained ones through their own run. Pure arrays in, plain dicts out; loading and writing live in
+`sets.py` and `stage.py`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from types import ModuleType
 
 import numpy as np
 
 from ..errors import UserError
 from . import severity as severity_mod
-from .common import Features
-
-# family modules in report order; `classifier` (family 10) is trained, not compared, and runs last
-FAMILY_MODULES = ("spectral", "wavelet", "texture", "boundary", "background", "spatial", "pixel",
-                  "intensity", "morphology", "memorization", "feature_distance")
-ALL_FAMILIES = FAMILY_MODULES + ("classifier",)
+from .common import Features, jsonable, one_blas_thread
+from .families import GENERATOR_TRAIN, Family, FamilyResult, as_family, load_families
+from .sets import ImageSet, Sets
 
 # headline metrics broken down per z-bin when both sets carry z-bins
 ZBIN_METRICS = ("spectral_slope_diff", "wavelet_hh_l1_ratio", "gradient_ratio", "wasserstein_all",
                 "background_std_synth", "spatial_corr_ratio")
 NULL_CURVE_REPEATS = 5  # real-vs-real null draws used for the null band of detail curves
 MIN_SUBJECTS = 4  # fewer subjects allow too few distinct resamples for a spread
-
-
-@dataclass
-class ImageSet:
-    """One side of a comparison: image channels, optional binary masks and per-sample metadata."""
-
-    images: np.ndarray  # (N, C, H, W) float32 in [-1, 1], image channels only
-    masks: np.ndarray | None = None  # (N, H, W) bool
-    subject: np.ndarray | None = None  # (N,) subject ids: resampling and splits keep subjects whole
-    zbin: np.ndarray | None = None
-    label: np.ndarray | None = None
-    source: dict = field(default_factory=dict)  # where it came from, for the output's record
-
-    def __post_init__(self):
-        if self.images.ndim != 4:
-            raise UserError(f"{self.source.get('path', 'images')}: expected (N, C, H, W) images, "
-                            f"got shape {self.images.shape}; reshape the array")
-        n = len(self.images)
-        for name in ("masks", "subject", "zbin", "label"):
-            v = getattr(self, name)
-            if v is not None and len(v) != n:
-                raise UserError(f"{self.source.get('path', name)}: '{name}' has {len(v)} entries for "
-                                f"{n} images; give one per image")
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def take(self, idx) -> ImageSet:
-        idx = np.asarray(idx, dtype=np.int64)
-        def pick(v):
-            return None if v is None else v[idx]
-        return ImageSet(np.asarray(self.images[idx]), pick(self.masks), pick(self.subject),
-                        pick(self.zbin), pick(self.label), dict(self.source))
 
 
 # ------------------------------------------------------------------------------- resampling
@@ -163,34 +125,6 @@ def resampling_unit(s: ImageSet) -> tuple[np.ndarray | None, str]:
     if n_subjects < MIN_SUBJECTS:
         return None, f"slices (only {n_subjects} subject(s); resampling whole subjects needs {MIN_SUBJECTS})"
     return s.subject, f"subjects ({n_subjects})"
-
-
-# ---------------------------------------------------------------------------------- families
-def load_families(only=(), skip=()) -> list[ModuleType | str]:
-    """Family modules to run, in report order (`"classifier"` stays a name: it is run separately).
-
-    Unknown names in only/skip are a user error; a family whose module is not installed is left out.
-    """
-    for name in list(only) + list(skip):
-        if name not in ALL_FAMILIES:
-            raise UserError(f"--only/--skip: unknown family '{name}'; choose from {', '.join(ALL_FAMILIES)}")
-    names = [n for n in ALL_FAMILIES if (not only or n in only) and n not in skip]
-    out: list[ModuleType | str] = []
-    for name in names:
-        if name == "classifier":
-            out.append(name)
-            continue
-        module_name = f"jsddpm.diagnostics.{name}"
-        try:
-            out.append(importlib.import_module(module_name))
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-    return out
-
-
-def family_name(family) -> str:
-    return family if isinstance(family, str) else family.NAME
 
 
 def _scalar_extras(rec: dict) -> dict:
@@ -276,16 +210,6 @@ def _zbin_breakdown(module, real: ImageSet, synth: ImageSet, real_f, synth_f, cf
     return out
 
 
-def _single_threaded_blas():
-    """`compare` re-runs on small matrices hundreds of times: multi-threaded BLAS only adds
-    synchronisation there (100x slower on a busy 2-core machine), so the loops run single-threaded."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1)
-
-
 def with_metadata(f: Features, s: ImageSet) -> Features:
     """Per-sample class labels travel with the features (the lesion rate is compared per class)."""
     if s.label is not None and "label" not in f.per_sample:
@@ -303,7 +227,7 @@ def resampled_comparison(module, real_f: Features, synth_f: Features, cfg, real_
     def compare(r, s):
         return module.compare(r, s, cfg, **kwargs)
 
-    with _single_threaded_blas():
+    with one_blas_thread():
         point = compare(real_f, synth_f)
         n_boot = min(int(cfg.n_bootstrap), int(getattr(module, "MAX_BOOTSTRAP", cfg.n_bootstrap)))
         boots = [compare(real_f.take(bootstrap_indices(real_groups, n_real, rng)),
@@ -317,7 +241,9 @@ def resampled_comparison(module, real_f: Features, synth_f: Features, cfg, real_
 
 def run_family(module, real: ImageSet, synth: ImageSet, cfg, train: ImageSet | None = None,
                seed: int = 0) -> dict:
-    """Features once per set; compare for the value, `n_bootstrap` resamples, `n_null_repeats` null draws."""
+    """Features once per set; compare for the value, `n_bootstrap` resamples, `n_null_repeats` null draws.
+    `train` (the generator's training images) is for families that compare against it (memorisation):
+    its features go to `compare` / `detail` as `train=`."""
     t0 = time.perf_counter()
 
     def feats(s):
@@ -325,14 +251,12 @@ def run_family(module, real: ImageSet, synth: ImageSet, cfg, train: ImageSet | N
 
     real_f = feats(real)
     synth_f = real_f if synth is real else feats(synth)
-    kwargs = {}
-    if getattr(module, "NEEDS_TRAIN", False):
-        kwargs["train"] = feats(train)
+    kwargs = {} if train is None else {"train": feats(train)}
     features_s = time.perf_counter() - t0
     res = resampled_comparison(module, real_f, synth_f, cfg, resampling_unit(real)[0], resampling_unit(synth)[0],
                                seed, **kwargs)
     result = {"metrics": res["metrics"], "n_bootstrap": res["n_bootstrap"], "features_s": features_s}
-    with _single_threaded_blas():
+    with one_blas_thread():
         if hasattr(module, "detail"):
             detail = module.detail(real_f, synth_f, cfg, **kwargs)
             if not kwargs:
@@ -343,28 +267,26 @@ def run_family(module, real: ImageSet, synth: ImageSet, cfg, train: ImageSet | N
     return result
 
 
-def _run_classifier(real: ImageSet, synth: ImageSet, cfg) -> dict:
-    from . import classifier
-
-    joint = real.masks is not None and synth.masks is not None
-
-    def stack(s: ImageSet) -> np.ndarray:
-        if not joint:
-            return s.images
-        return np.concatenate([s.images, np.where(s.masks, 1.0, -1.0)[:, None].astype(np.float32)], axis=1)
-
-    res = classifier.classifier_metrics(stack(real), stack(synth), cfg, real_groups=real.subject,
-                                        synth_groups=synth.subject, image_channels=real.images.shape[1])
-    return {"metrics": res["metrics"], "detail": res["detail"], "n_bootstrap": int(cfg.n_bootstrap)}
+def _resampled(family: Family, sets: Sets, cfg, seed: int) -> FamilyResult:
+    module = family.load_module()
+    train = sets.train if GENERATOR_TRAIN in family.needs else None
+    res = run_family(module, sets.real, sets.synthetic, cfg, train=train, seed=seed)
+    return FamilyResult(res["metrics"], detail=res.get("detail"), zbins=res.get("zbins", {}),
+                        status={"features_seconds": res["features_s"], "n_bootstrap": res["n_bootstrap"]})
 
 
 def run_diagnostics(real: ImageSet, synth: ImageSet, cfg, train: ImageSet | None = None,
                     families=None, progress: Callable[[str], None] | None = print,
-                    strict: bool = False) -> dict:
-    """Run every selected family; return metrics, per-family status, details, z-bin tables, severity.
+                    strict: bool = False, real_train: Callable[[], ImageSet] | None = None) -> dict:
+    """Run every selected family; return metrics, per-family status, details, z-bin tables, severity,
+    and what the families hand over for the output: their records, extra files and example arrays.
 
-    `cfg` is the `diagnostics` section. A family that fails is recorded with its error (and the
-    report says so) unless `strict`, in which case the error propagates.
+    `cfg` is the `diagnostics` section; `families` are registry entries (default: cfg.only / cfg.skip
+    of the registry) or stand-in modules; `real_train` loads real training slices with masks for the
+    families that need them. A family that fails is recorded with its error (and the report says so)
+    unless `strict`, in which case the error propagates. A trained family that cannot run on these sets
+    (a UserError: too few subjects, no training split) is recorded as skipped; a resampled family's
+    UserError is a bad input and stops the run.
     """
     if real.images.shape[1:] != synth.images.shape[1:]:
         raise UserError(f"real {real.images.shape[1:]} and synthetic {synth.images.shape[1:]} images "
@@ -373,34 +295,32 @@ def run_diagnostics(real: ImageSet, synth: ImageSet, cfg, train: ImageSet | None
         raise UserError(f"need at least 4 real and 2 synthetic images, got {len(real)} and {len(synth)}")
     if families is None:
         families = load_families(cfg.only, cfg.skip)
-    has_masks = real.masks is not None and synth.masks is not None
-    out: dict = {"metrics": {}, "families": {}, "details": {}, "zbins": {}}
+    sets = Sets(real, synth, train, real_train)
+    out: dict = {"metrics": {}, "families": {}, "details": {}, "zbins": {}, "records": {}, "files": {},
+                 "examples": {}}
+
+    def skipped(name: str, reason: str) -> None:
+        out["families"][name] = {"status": "skipped", "reason": reason, "seconds": 0.0}
+        if progress:
+            progress(f"  {name:<17} skipped: {reason}")
+
     for i, family in enumerate(families):
-        name = family_name(family)
-        needs_mask = name != "classifier" and getattr(family, "NEEDS_MASK", False)
-        reason = None
-        if needs_mask and not has_masks:
-            reason = "no lesion masks (image-only data)"
-        elif getattr(family, "NEEDS_TRAIN", False) and train is None:
-            reason = "needs the generator's training images (--train)"
+        family = as_family(family)
+        name = family.name
+        reason = family.unmet(sets)
         if reason:
-            out["families"][name] = {"status": "skipped", "reason": reason, "seconds": 0.0}
-            if progress:
-                progress(f"  {name:<17} skipped: {reason}")
+            skipped(name, reason)
             continue
         t0, cpu0 = time.perf_counter(), time.process_time()
         try:
-            if name == "classifier":
-                res = _run_classifier(real, synth, cfg)
+            if family.resampled:
+                res = _resampled(family, sets, cfg, seed=int(cfg.seed) + 1000 * i)
             else:
-                res = run_family(family, real, synth, cfg, train=train, seed=int(cfg.seed) + 1000 * i)
+                res = family.run(sets, cfg, progress)
         except UserError as exc:
-            if name != "classifier":
+            if family.resampled:
                 raise
-            # too few subjects for subject-disjoint folds: the rest of the suite still runs
-            out["families"][name] = {"status": "skipped", "reason": str(exc), "seconds": 0.0}
-            if progress:
-                progress(f"  {name:<17} skipped: {exc}")
+            skipped(name, str(exc))  # e.g. too few subjects for subject-disjoint folds: the rest still runs
             continue
         except Exception as exc:
             if strict:
@@ -412,35 +332,23 @@ def run_diagnostics(real: ImageSet, synth: ImageSet, cfg, train: ImageSet | None
                 progress(f"  {name:<17} FAILED after {seconds:.1f} s: {type(exc).__name__}: {exc}")
             continue
         seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-        for metric_name, rec in res["metrics"].items():
+        for metric_name, rec in res.metrics.items():
             out["metrics"][metric_name] = dict(rec, family=name)
-        if res.get("detail"):
-            out["details"][name] = jsonable(res["detail"])
-        out["zbins"].update(res.get("zbins", {}))
+        if res.detail:
+            out["details"][name] = jsonable(res.detail)
+        out["zbins"].update(res.zbins)
+        if res.record is not None:
+            out["records"][name] = res.record
+        out["files"].update(res.files)
+        out["examples"].update({f"{name}_{k}": v for k, v in res.examples.items()})
         out["families"][name] = {"status": "ok", "seconds": seconds, "cpu_seconds": cpu,
-                                 "features_seconds": res.get("features_s"), "n_metrics": len(res["metrics"]),
-                                 "n_bootstrap": res["n_bootstrap"]}
+                                 "n_metrics": len(res.metrics), **res.status}
         if progress:
-            progress(f"  {name:<17} {seconds:6.1f} s  {len(res['metrics'])} metrics")
+            progress(f"  {name:<17} {seconds:6.1f} s  {res.summary or f'{len(res.metrics)} metrics'}")
     out["severity"] = severity_mod.severity(out["metrics"], cfg.severity_z0, cfg.severity_scale)
     out["n_real"], out["n_synthetic"] = len(real), len(synth)
     out["resampling"] = {"real": resampling_unit(real)[1], "synthetic": resampling_unit(synth)[1]}
     return out
-
-
-def jsonable(obj):
-    """numpy containers -> plain lists / floats, so figure data can be stored as JSON."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def largest_deviations(metrics: dict[str, dict], k: int = 3) -> list[tuple[str, float]]:

@@ -18,7 +18,6 @@ from .common import Features, metric
 from .regions import tissues
 
 NAME = "spatial"
-NEEDS_MASK = False
 FIT_FLOOR = 0.05  # below this the log of a noisy correlation is meaningless
 MIN_OVERLAP = 16  # lags with fewer overlapping ROI pixels are left out
 CHUNK = 128

@@ -18,7 +18,6 @@ from .common import Features, metric
 from .regions import tissues
 
 NAME = "spectral"
-NEEDS_MASK = False
 HF_CUTOFF = 0.25  # cycles per pixel: half the maximum (Nyquist) frequency
 CHUNK = 256  # samples per FFT batch, bounds memory
 

@@ -15,11 +15,10 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .common import Features, metric
-from .regions import one_blas_thread, tissues
+from .common import Features, metric, one_blas_thread
+from .regions import tissues
 
 NAME = "texture"
-NEEDS_MASK = False
 GLCM_FEATURES = ("contrast", "dissimilarity", "homogeneity", "energy", "correlation", "entropy")
 ANGLES = (0.0, np.pi / 4, np.pi / 2, 3 * np.pi / 4)
 CHUNK = 128

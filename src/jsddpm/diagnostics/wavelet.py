@@ -16,7 +16,6 @@ from .common import Features, metric
 from .regions import gray
 
 NAME = "wavelet"
-NEEDS_MASK = False
 SUBBANDS = ("lh", "hl", "hh")  # order of pywt's (cH, cV, cD)
 CHUNK = 256
 

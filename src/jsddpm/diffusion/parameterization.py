@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import torch
 
+from ..config import PREDICTION_TYPES
 from ..errors import UserError
 
-PREDICTION_TYPES = ("epsilon", "sample", "v", "edm")
 SIGMA_DATA = 0.5  # EDM's default data scale (config: diffusion.sigma_data)
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..config import SAMPLERS as SAMPLER_NAMES
 from ..errors import UserError
 from .parameterization import SIGMA_DATA, check_prediction_type
 from .schedule import NoiseSchedule
@@ -135,11 +136,9 @@ class DPMSolverPP2MSampler(_Sampler):
         return x
 
 
-SAMPLERS: dict[str, type[_Sampler]] = {
-    "ddpm": DDPMSampler,
-    "ddim": DDIMSampler,
-    "dpmpp_2m": DPMSolverPP2MSampler,
-}
+# name (sample.sampler, listed in config.SAMPLERS in this order) -> implementation
+SAMPLERS: dict[str, type[_Sampler]] = dict(zip(SAMPLER_NAMES, (DDPMSampler, DDIMSampler, DPMSolverPP2MSampler),
+                                               strict=True))
 
 
 # ------------------------------------------------------------------------------------ noise

@@ -10,10 +10,10 @@ import math
 
 import torch
 
+from ..config import SCHEDULES, T_SAMPLINGS
 from ..errors import UserError
 from . import parameterization as param
 
-SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid")
 MAX_BETA = 0.999  # cap on beta_t: keeps abar_{T-1} > 0 so every timestep has a finite log-SNR
 
 
@@ -132,7 +132,6 @@ def training_target(x0, noise, t, schedule: NoiseSchedule, prediction_type: str,
 
 
 # ------------------------------------------------------------------- training timesteps
-T_SAMPLINGS = ("uniform", "lognormal")
 P_MEAN, P_STD = -1.2, 1.2  # EDM's log-normal over sigma (Karras et al. 2022, Table 1)
 
 

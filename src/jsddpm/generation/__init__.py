@@ -8,13 +8,13 @@ and generation.
 
 Notebook use::
 
-    from jsddpm.generation import load_checkpoint, model_from_checkpoint, sample_conditions
-    ckpt = load_checkpoint("runs/train/checkpoints/best.ckpt")
-    net, cfg = model_from_checkpoint(ckpt)                       # EMA weights by default
-    images = sample_conditions(net, cfg, ckpt, zbins=[5, 5], labels=[0, 1], indices=[0, 0])
+    from jsddpm.generation import Checkpoint, sample_conditions
+    ckpt = Checkpoint.load("runs/train/checkpoints/best.ckpt")
+    net = ckpt.model()                                           # EMA weights by default
+    images = sample_conditions(net, ckpt.config, ckpt, zbins=[5, 5], labels=[0, 1], indices=[0, 0])
 """
 
-from ..checkpoint import config_from_checkpoint, load_checkpoint, model_from_checkpoint
+from ..checkpoint import Checkpoint
 from .outputs import save_png, to_uint8, triplet_grid, write_grids, write_nifti, write_samples
 from .sampling import (
     postprocess,
@@ -27,12 +27,10 @@ from .spec import Condition, expand, parse_spec, read_spec, sample_seeds
 from .stage import generate, resolve_generation_config
 
 __all__ = [
+    "Checkpoint",
     "Condition",
-    "config_from_checkpoint",
     "expand",
     "generate",
-    "load_checkpoint",
-    "model_from_checkpoint",
     "parse_spec",
     "postprocess",
     "read_spec",

@@ -25,15 +25,16 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ..checkpoint import load_checkpoint, model_from_checkpoint, priors_from_checkpoint
+from ..checkpoint import Checkpoint
+from ..config import MASK_SOURCES
 from ..errors import UserError
 from ..imaging import image_rgb, mask_rgb, save_png, tile_grid, to_uint8
+from ..regions import IN_PLANE_4, brain_roi, gray
 from .outputs import write_samples
-from .sampling import NonFiniteSamples, check_finite, postprocess, sample_batch
+from .sampling import check_finite, postprocess, sample_batch
 from .sources import diffusion_data, open_source_cache
-from .stage import check_finite_weights, check_output_folder, resolve_generation_config
+from .stage import check_output_folder, resolve_generation_config
 
-MASK_SOURCES = ("bank", "generated")
 GENERATED_MASK_TRIES = 3  # draws per result before `generated` gives up on an empty mask
 
 
@@ -85,8 +86,6 @@ def place_mask(mask: np.ndarray, allowed: np.ndarray, rng: np.random.Generator) 
 
 def allowed_regions(images: np.ndarray, zbins: np.ndarray, priors, diag_cfg) -> np.ndarray:
     """(n, H, W) bool: the sources' brain ROI inside the support of their z-bin's prior map."""
-    from ..diagnostics.regions import brain_roi, gray
-
     roi = brain_roi(gray(images), None, diag_cfg)
     if priors is None:
         return roi
@@ -131,13 +130,13 @@ def source_order(cache, split: str, seed: int) -> np.ndarray:
     return np.random.default_rng(derive_seed(seed, 7)).permutation(rows)
 
 
-def inpaint_batch(net, cfg, ckpt: dict, cache, rows, seeds, label: int, masks: str, device) -> dict:
+def inpaint_batch(net, cfg, ckpt: Checkpoint, cache, rows, seeds, label: int, masks: str, device) -> dict:
     """Results for one batch of source rows with their per-result seeds: per-sample arrays."""
     from ..model import data_channels
     from ..seeding import derive_seed
 
     zbins = cache.index["zbin"][rows]
-    priors = priors_from_checkpoint(ckpt)
+    priors = ckpt.priors
     src = diffusion_data(cache, rows, bool(cfg.model.joint_mask))
     image_channels = data_channels(cfg) - 1
     allowed = allowed_regions(src[:, :image_channels], zbins, priors, cfg.diagnostics)
@@ -161,7 +160,7 @@ def inpaint_batch(net, cfg, ckpt: dict, cache, rows, seeds, label: int, masks: s
             mask_seeds = np.array([derive_seed(int(s), 2, attempt) for s in seeds[missing]], np.int64)
             drawn = sample_batch(net, cfg, zbins[missing], labels[missing], mask_seeds, priors, device,
                                  z=z[missing])
-            check_finite(drawn, "inpaint")
+            check_finite(drawn, ckpt.path)
             drawn = postprocess(drawn, True)[:, -1] > 0
             still = []
             for k, mask in zip(missing, drawn):
@@ -180,7 +179,7 @@ def inpaint_batch(net, cfg, ckpt: dict, cache, rows, seeds, label: int, masks: s
     keep = np.ones_like(known, dtype=bool)
     keep[:, :image_channels] = ~generated[:, None]
     images = sample_batch(net, cfg, zbins, labels, seeds, priors, device, source=known, keep=keep, z=z)
-    check_finite(images, "inpaint")
+    check_finite(images, ckpt.path)
     return {"images": postprocess(images, True), "zbin": zbins, "label": labels, "z": z, "source": src}
 
 
@@ -188,9 +187,7 @@ def dilate_in_plane(masks: np.ndarray, pixels: int) -> np.ndarray:
     """(n, H, W) bool masks grown by `pixels` steps of the 4-neighbourhood within each slice."""
     if pixels <= 0:
         return masks.copy()
-    cross = np.zeros((3, 3, 3), bool)
-    cross[1] = ndimage.generate_binary_structure(2, 1)
-    return ndimage.binary_dilation(masks, structure=cross, iterations=pixels)
+    return ndimage.binary_dilation(masks, structure=IN_PLANE_4, iterations=pixels)
 
 
 def comparison_grid(sources: np.ndarray, results: np.ndarray, ncols: int = 2) -> np.ndarray:
@@ -201,6 +198,22 @@ def comparison_grid(sources: np.ndarray, results: np.ndarray, ncols: int = 2) ->
     diff = np.abs(results[:, :channels] - sources[:, :channels]).max(axis=1)  # 0 .. 2
     diff_rgb = np.repeat(to_uint8(np.clip(diff, 0, 1) * 2 - 1)[..., None], 3, axis=-1)
     return tile_grid([src, res, mask_rgb(mask), diff_rgb], ncols)
+
+
+def check_result_count(n: int, cfg, memory_bytes: int | None = None) -> None:
+    """UserError unless the `n` results (held in memory until samples.npz is written: each result and its
+    source slice, image and mask channels, float32) fit in this machine's memory."""
+    import os
+
+    if memory_bytes is None:
+        memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    size = int(cfg.data.image_size)
+    per_result = 2 * (int(cfg.model.image_channels) + 1) * size * size * 4
+    most = max(int(memory_bytes // per_result), 1)
+    if n > most:
+        raise UserError(f"--n {n}: {n} results of {size}x{size} px would need {n * per_result / 2**30:.3g} GiB of "
+                        f"memory, this machine has {memory_bytes / 2**30:.3g} GiB; give at most --n {most} (run "
+                        "several inpaint commands with different sample.seed for more)")
 
 
 def inpaint(ckpt_path: str | Path, source: str | Path, out: str | Path, split: str = "train",
@@ -218,35 +231,31 @@ def inpaint(ckpt_path: str | Path, source: str | Path, out: str | Path, split: s
     if n < 1:
         raise UserError(f"--n {n}: give at least 1 result")
     check_output_folder(out, overwrite, (ckpt_path, source))
-    ckpt = load_checkpoint(ckpt_path)
+    ckpt = Checkpoint.load(ckpt_path)
     cfg = resolve_generation_config(ckpt, config_path, overrides, extra_sections=("inpaint",))
-    if not cfg.model.joint_mask:
+    check_result_count(n, cfg)
+    if not ckpt.joint:
         raise UserError(f"{ckpt_path}: the model draws images without masks (model.joint_mask=false); "
                         "inpaint needs a joint image + mask model")
-    check_finite_weights(ckpt, ckpt_path, bool(cfg.sample.use_ema))
-    classes = list(ckpt["jsddpm"].get("classes") or [])
-    label = lesion_label(classes, int(cfg.model.num_classes))
-    cache = open_source_cache(source, split, cfg, classes)
+    label = lesion_label(ckpt.classes, int(cfg.model.num_classes))
+    cache = open_source_cache(source, split, cfg, ckpt.classes)
     order = source_order(cache, split, int(cfg.sample.seed))
     rows, indices = order[np.arange(n) % len(order)], np.arange(n, dtype=np.int64) // len(order)
     seeds = np.array([derive_seed(int(cfg.sample.seed), r, i) for r, i in zip(rows, indices)], np.int64)
     device = sample_devices(str(cfg.sample.device))[0]  # one device: results are few and batched
-    net, _ = model_from_checkpoint(ckpt, bool(cfg.sample.use_ema), device, cfg=cfg)
+    net = ckpt.model(bool(cfg.sample.use_ema), device)
     parts: list[dict] = []
     batch = int(cfg.sample.batch_size)
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        try:
-            for start in range(0, n, batch):
-                sl = slice(start, start + batch)
-                with torch.no_grad():
-                    parts.append(inpaint_batch(net, cfg, ckpt, cache, rows[sl], seeds[sl], label, masks, device))
-                print(f"inpaint: {min(start + batch, n)}/{n} results", flush=True)
-        except NonFiniteSamples:
-            raise UserError(f"{ckpt_path}: sampling produced NaN or Inf values; nothing written "
-                            "(check the checkpoint, or try sample.guidance_scale=1)") from None
+        for start in range(0, n, batch):
+            sl = slice(start, start + batch)
+            with torch.no_grad():
+                parts.append(inpaint_batch(net, cfg, ckpt, cache, rows[sl], seeds[sl], label, masks, device))
+            print(f"inpaint: {min(start + batch, n)}/{n} results", flush=True)
         res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         write_samples(tmp / "samples.npz", res["images"], res["zbin"], res["label"], int(cfg.data.n_zbins),
-                      z=res["z"], index=indices, seed=seeds, source_index=rows)
+                      z=res["z"], index=indices, seed=seeds, source_index=rows,
+                      cache_fingerprint=ckpt.cache_fingerprint)
         shown = np.linspace(0, n - 1, min(n, 16)).round().astype(int)
         save_png(tmp / "grid_inpaint.png", comparison_grid(res["source"][shown], res["images"][shown]))
         write_run_record(tmp, cfg)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import load_checkpoint, model_from_checkpoint, priors_from_checkpoint
+from ..checkpoint import Checkpoint
 from ..draw import postprocess, sample_batch
 from ..errors import UserError
 from ..seeding import sample_seeds
@@ -24,24 +24,24 @@ def empty_samples(cfg) -> np.ndarray:
     return np.zeros((0, data_channels(cfg), size, size), np.float32)
 
 
-def sample_conditions(net, cfg, ckpt: dict, zbins, labels, indices, device: str | torch.device = "cpu",
+def sample_conditions(net, cfg, ckpt: Checkpoint, zbins, labels, indices, device: str | torch.device = "cpu",
                       batch_size: int | None = None, progress: bool = False, sources: np.ndarray | None = None,
                       seeds: np.ndarray | None = None) -> np.ndarray:
-    """Samples for the given (z-bin, class, index) triples, in that order, in batches; with `sources`
-    (one real slice per sample) SDEdit variations of them at sample.strength.
+    """Samples of `net` (the checkpoint's network) for the given (z-bin, class, index) triples, in that
+    order, in batches; with `sources` (one real slice per sample) SDEdit variations of them at
+    sample.strength.
 
     Raw values before postprocessing must be finite: a NaN image would otherwise pass as -1 after
     clamping, with a mask channel that looks valid.
     """
     seeds = sample_seeds(int(cfg.sample.seed), zbins, labels, indices) if seeds is None else seeds
-    priors = priors_from_checkpoint(ckpt)
     batch_size = int(batch_size or cfg.sample.batch_size)
     out = []
     for start in range(0, len(seeds), batch_size):
         sl = slice(start, start + batch_size)
-        images = sample_batch(net, cfg, zbins[sl], labels[sl], seeds[sl], priors, device,
+        images = sample_batch(net, cfg, zbins[sl], labels[sl], seeds[sl], ckpt.priors, device,
                               source=None if sources is None else sources[sl])
-        check_finite(images, "generate")
+        check_finite(images, ckpt.path)
         out.append(postprocess(images, bool(cfg.model.joint_mask)))
         if progress:
             print(f"generate: {min(start + batch_size, len(seeds))}/{len(seeds)} samples", flush=True)
@@ -49,12 +49,16 @@ def sample_conditions(net, cfg, ckpt: dict, zbins, labels, indices, device: str 
 
 
 class NonFiniteSamples(UserError):
-    """The network produced NaN or Inf; the stage names the checkpoint."""
+    """The network produced NaN or Inf: the stage writes nothing; the message names the checkpoint."""
+
+    def __init__(self, ckpt_path: str | Path):
+        super().__init__(f"{ckpt_path}: sampling produced NaN or Inf values; nothing written "
+                         "(check the checkpoint, or try sample.guidance_scale=1)")
 
 
-def check_finite(images: torch.Tensor, what: str) -> None:
+def check_finite(images: torch.Tensor, ckpt_path: str | Path) -> None:
     if not torch.isfinite(images).all():
-        raise NonFiniteSamples(f"{what}: the network produced NaN or Inf values")
+        raise NonFiniteSamples(ckpt_path)
 
 
 def _shard_worker(rank: int, ckpt_path: str, cfg_dict: dict, rows: np.ndarray, devices: list[str],
@@ -63,8 +67,8 @@ def _shard_worker(rank: int, ckpt_path: str, cfg_dict: dict, rows: np.ndarray, d
     from ..config import from_container
 
     cfg = from_container(cfg_dict)
-    ckpt = load_checkpoint(ckpt_path)
-    net, _ = model_from_checkpoint(ckpt, bool(cfg.sample.use_ema), devices[rank], cfg=cfg)
+    ckpt = Checkpoint.load(ckpt_path)
+    net = ckpt.model(bool(cfg.sample.use_ema), devices[rank])
     mine = rows[rank::len(devices)]
     sources_path = Path(tmp) / "sources.npy"
     sources = np.load(sources_path, mmap_mode="r")[rank::len(devices)] if sources_path.exists() else None
@@ -90,11 +94,11 @@ def sample_devices(setting: str) -> list[str]:
     return [f"cuda:{i}" for i in range(n)] if n else ["cpu"]
 
 
-def sample_sharded(ckpt_path: str | Path, ckpt: dict, cfg, zbins, labels, indices,
-                   devices: list[str], sources: np.ndarray | None = None) -> np.ndarray:
+def sample_sharded(ckpt: Checkpoint, cfg, zbins, labels, indices, devices: list[str],
+                   sources: np.ndarray | None = None) -> np.ndarray:
     """Samples in the given order, drawn on one device or split across several (one process each)."""
     if len(devices) <= 1 or len(zbins) < 2:
-        net, _ = model_from_checkpoint(ckpt, bool(cfg.sample.use_ema), devices[0], cfg=cfg)
+        net = ckpt.model(bool(cfg.sample.use_ema), devices[0])
         return sample_conditions(net, cfg, ckpt, zbins, labels, indices, devices[0], progress=True,
                                  sources=sources)
     import tempfile
@@ -108,11 +112,11 @@ def sample_sharded(ckpt_path: str | Path, ckpt: dict, cfg, zbins, labels, indice
         if sources is not None:
             np.save(Path(tmp) / "sources.npy", sources)
         try:
-            mp.spawn(_shard_worker, args=(str(ckpt_path), to_container(cfg), rows, devices, tmp),
+            mp.spawn(_shard_worker, args=(str(ckpt.path), to_container(cfg), rows, devices, tmp),
                      nprocs=len(devices), join=True)
-        except mp.ProcessRaisedException as exc:
+        except mp.ProcessRaisedException as exc:  # a worker's one-line errors stay one line here
             if "NonFiniteSamples" in str(exc):
-                raise NonFiniteSamples("generate: the network produced NaN or Inf values") from None
+                raise NonFiniteSamples(ckpt.path) from None
             raise
         shards = [np.load(Path(tmp) / f"shard_{r}.npy") for r in range(len(devices))]
     out = np.empty((len(rows), *shards[0].shape[1:]), np.float32)

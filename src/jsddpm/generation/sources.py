@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import SPLITS
 from ..errors import UserError
-
-SPLITS = ("train", "val", "test", "all")
 
 
 def open_source_cache(path: str | Path, split: str, cfg, classes: list[str]):

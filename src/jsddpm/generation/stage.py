@@ -6,14 +6,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import config_from_checkpoint, load_checkpoint, non_finite_weights, spacing_from_checkpoint
+from ..checkpoint import Checkpoint
 from ..errors import UserError
 from .outputs import write_grids, write_nifti, write_samples
-from .sampling import NonFiniteSamples, sample_devices, sample_sharded
+from .sampling import sample_devices, sample_sharded
 from .spec import expand, parse_spec, sample_seeds
 
 
-def resolve_generation_config(ckpt: dict, config_path: str | None = None, overrides=(),
+def resolve_generation_config(ckpt: Checkpoint, config_path: str | None = None, overrides=(),
                               extra_sections: tuple[str, ...] = ()) -> Any:
     """The training config stored in the checkpoint, with the `sample` section of `config_path` (when
     given) and `sample.*` overrides on top. The network and its diffusion maths stay the checkpoint's,
@@ -30,12 +30,9 @@ def resolve_generation_config(ckpt: dict, config_path: str | None = None, overri
         raise UserError(f"override '{bad[0]}': this command takes only {allowed} overrides "
                         "(the model and diffusion settings come from the checkpoint)")
     load_config(None, list(overrides))  # key names and types checked against the schema
-    cfg = config_from_checkpoint(ckpt)
-    if config_path is not None:
-        given = load_config(config_path)
-        for section in sections:
-            cfg[section] = given[section]
-    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    given = load_config(config_path) if config_path is not None else None
+    cfg = OmegaConf.merge(ckpt.config, {s: given[s] for s in sections} if given is not None else {},
+                          OmegaConf.from_dotlist(list(overrides)))
     where = config_path or "command-line overrides"
     validate(cfg, where)
     if cfg.sample.n_per_condition < 0 or cfg.sample.guidance_scale < 0:
@@ -60,13 +57,6 @@ def check_output_folder(out: str | Path, overwrite: bool, inputs: tuple[str | Pa
                 raise UserError(f"{out}: --overwrite would delete the input {path}; choose another --out")
 
 
-def check_finite_weights(ckpt: dict, ckpt_path, use_ema: bool) -> None:
-    bad = non_finite_weights(ckpt, "ema.module." if use_ema else "net.")
-    if bad:
-        raise UserError(f"{ckpt_path}: {len(bad)} weight tensor(s) hold NaN or Inf (e.g. {bad[0]}); "
-                        "the training diverged: use an earlier checkpoint or retrain")
-
-
 def generate(ckpt_path: str | Path, out: str | Path, spec: Any = None, config_path: str | None = None,
              overrides=(), overwrite: bool = False, source: str | Path | None = None,
              split: str = "train") -> Path:
@@ -79,11 +69,9 @@ def generate(ckpt_path: str | Path, out: str | Path, spec: Any = None, config_pa
     from .sources import diffusion_data, open_source_cache, sdedit_source_rows
 
     check_output_folder(out, overwrite, (ckpt_path, source))
-    ckpt = load_checkpoint(ckpt_path)
+    ckpt = Checkpoint.load(ckpt_path)
     cfg = resolve_generation_config(ckpt, config_path, overrides)
-    check_finite_weights(ckpt, ckpt_path, bool(cfg.sample.use_ema))
-    classes = list(ckpt["jsddpm"].get("classes") or [])
-    conditions = parse_spec(spec, int(cfg.data.n_zbins), int(cfg.model.num_classes), classes,
+    conditions = parse_spec(spec, int(cfg.data.n_zbins), int(cfg.model.num_classes), ckpt.classes,
                             int(cfg.sample.n_per_condition))
     zbins, labels, indices = expand(conditions)
     if len(zbins) == 0:
@@ -92,22 +80,19 @@ def generate(ckpt_path: str | Path, out: str | Path, spec: Any = None, config_pa
         raise UserError(f"sample.strength={cfg.sample.strength} (SDEdit) varies real slices: give --source CACHE")
     extra, sources = {}, None
     if source is not None:  # at strength 1 the sources are drawn and recorded but not used: plain generation
-        cache = open_source_cache(source, split, cfg, classes)
+        cache = open_source_cache(source, split, cfg, ckpt.classes)
         rows = sdedit_source_rows(cache, split, zbins, labels, indices, int(cfg.sample.seed),
                                   int(cfg.model.num_classes) > 0)
         sources, extra = diffusion_data(cache, rows, bool(cfg.model.joint_mask)), {"source_index": rows}
     devices = sample_devices(str(cfg.sample.device))
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        try:
-            images = sample_sharded(ckpt_path, ckpt, cfg, zbins, labels, indices, devices, sources)
-        except NonFiniteSamples:
-            raise UserError(f"{ckpt_path}: sampling produced NaN or Inf values; nothing written "
-                            "(check the checkpoint, or try sample.guidance_scale=1)") from None
+        images = sample_sharded(ckpt, cfg, zbins, labels, indices, devices, sources)
         write_samples(tmp / "samples.npz", images, zbins, labels, int(cfg.data.n_zbins), index=indices,
-                      seed=sample_seeds(int(cfg.sample.seed), zbins, labels, indices), **extra)
-        write_grids(tmp, images, zbins, labels, bool(cfg.model.joint_mask), classes)
+                      seed=sample_seeds(int(cfg.sample.seed), zbins, labels, indices),
+                      cache_fingerprint=ckpt.cache_fingerprint, **extra)
+        write_grids(tmp, images, zbins, labels, bool(cfg.model.joint_mask), ckpt.classes)
         if cfg.sample.export_nifti:
-            write_nifti(tmp, images, bool(cfg.model.joint_mask), spacing_from_checkpoint(ckpt, cfg))
+            write_nifti(tmp, images, bool(cfg.model.joint_mask), ckpt.spacing_mm)
         write_run_record(tmp, cfg)
     print(f"generate: {len(images)} samples -> {Path(out) / 'samples.npz'}")
     return Path(out)

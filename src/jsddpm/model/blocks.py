@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-UPSAMPLE_MODES = ("bilinear", "bicubic", "nearest", "transposed")
+from ..config import UPSAMPLE_MODES
 
 
 def zero_init(module: nn.Module) -> nn.Module:

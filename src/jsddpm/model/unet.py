@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import PRIOR_MODES
 from .blocks import (
     CrossAttention,
     Downsample,
@@ -25,8 +26,6 @@ from .blocks import (
 )
 from .conditioning import ConditionEmbedding, TimestepEmbedding, drop_mask
 from .prior_encoder import PriorEncoder
-
-PRIOR_MODES = ("none", "concat", "cross_attention")
 
 
 class UNet(nn.Module):

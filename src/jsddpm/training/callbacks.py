@@ -1,5 +1,6 @@
-"""Atomic checkpoint files, the periodic sample grid, and training progress for people: a tqdm bar
-with loss / lr / steps/s in a terminal, one plain line every so often in a log file or pipe."""
+"""Checkpoint files (atomic; last.ckpt always the newest state; a run folder that can be copied or moved),
+the periodic sample grid, and training progress for people: a tqdm bar with loss / lr / steps/s in a
+terminal, one plain line every so often in a log file or pipe."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Timer, TQDMProgressBar
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, Timer, TQDMProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from ..checkpoint import non_finite_tensors
 from ..errors import Interrupted, UserError
 from ..io import atomic_write_bytes
 
@@ -24,8 +26,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """torch.save into memory, then one atomic rename: a crash never leaves a truncated .ckpt."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        bad = [k for k, v in checkpoint.get("state_dict", {}).items()
-               if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+        bad = non_finite_tensors(checkpoint.get("state_dict", {}))
         if bad:  # the last good checkpoint on disk is never replaced by NaN weights
             raise NonFiniteTraining(f"step {checkpoint.get('global_step', '?')}: {len(bad)} weight tensor(s) "
                                     f"became NaN or Inf (e.g. {bad[0]}); {path} was not written")
@@ -35,6 +36,68 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class LastCheckpoint(Checkpoint):
+    """`path` (last.ckpt): always the newest state of the run, at one fixed path.
+
+    Written at the end of a training step: every `every_n_steps` steps (0: none by count), the last step
+    of every epoch (before its validation), and the step a fit stops on (train.max_steps, max_minutes);
+    then at the end of the fit if anything is left. Always at a step's end: Lightning (2.6) resumes
+    that state exactly (even the last step of an epoch), but resumes a state written during an epoch
+    end (after validation) with its epoch counter one ahead (the data order of a later epoch) and the
+    epoch-end hooks run twice. No path is kept in the callback's state, so a copied or moved run folder
+    resumes into its own last.ckpt (Lightning's ModelCheckpoint would write last-v1.ckpt beside a
+    last.ckpt it did not write itself). A `Checkpoint`: Lightning runs it after every other callback,
+    so TrainingGuard's checks of a step come first.
+    """
+
+    def __init__(self, path: Path, every_n_steps: int = 0):
+        self.path = Path(path)
+        self.every_n_steps = int(every_n_steps)
+        self.saved_step: int | None = None  # the step last.ckpt holds (a resumed run: the step resumed from)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.saved_step = trainer.global_step if trainer.ckpt_path else None
+
+    def save(self, trainer) -> None:
+        """Write the current state unless last.ckpt already holds this step."""
+        if trainer.global_step != self.saved_step:
+            trainer.save_checkpoint(self.path, weights_only=False)
+            self.saved_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if ((self.every_n_steps > 0 and step % self.every_n_steps == 0)
+                or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+                or (trainer.max_steps > 0 and step >= trainer.max_steps) or trainer.should_stop):
+            self.save(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.save(trainer)
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """best.ckpt by validation loss. Its state names files by absolute path; a copied or moved run folder
+    reads them as the same names in its own checkpoints/ (Lightning would drop the best score with a
+    warning, and the next validation would replace best.ckpt whatever its loss)."""
+
+    @property
+    def state_key(self) -> str:  # ModelCheckpoint's key: checkpoints written before this class still resume it
+        return "ModelCheckpoint" + super().state_key[len(type(self).__qualname__):]
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        stored = state_dict.get("dirpath")
+        if stored and self.dirpath and Path(stored) != Path(self.dirpath):
+            def here(path):
+                return str(Path(self.dirpath) / Path(path).name) if path and Path(path).parent == Path(stored) \
+                    else path
+
+            state_dict = {**state_dict, "dirpath": self.dirpath,
+                          **{k: here(state_dict.get(k)) for k in ("best_model_path", "kth_best_model_path",
+                                                                  "last_model_path") if k in state_dict},
+                          "best_k_models": {here(k): v for k, v in (state_dict.get("best_k_models") or {}).items()}}
+        super().load_state_dict(state_dict)
 
 
 def grid_conditions(n_zbins: int, num_classes: int, n: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -198,8 +261,11 @@ class TrainingGuard(L.Callback):
       naming the step, before any checkpoint of that step is written (Lightning runs checkpoint
       callbacks after this one).
     - SIGINT / SIGTERM (`handle_signals()` around `fit`): the first signal is noted; at the end of the
-      current step (or epoch end) last.ckpt is written and `Interrupted` raised; a second SIGINT stops at once.
-    Must come first in the trainer's callbacks.
+      current step last.ckpt is written and `Interrupted` raised. A signal during an epoch end (validation,
+      the sample grid, best.ckpt) stops the run when the next epoch starts, with last.ckpt as written at
+      the epoch's last step (see LastCheckpoint); a fit that ends there instead finishes normally. A
+      second SIGINT stops at once.
+    Must come before the checkpoint callbacks (Lightning runs `Checkpoint` callbacks last).
     """
 
     def __init__(self, last_ckpt: Path, check_grads: bool = True, fix: str = ""):
@@ -210,9 +276,11 @@ class TrainingGuard(L.Callback):
         self.saved_step: int | None = None  # the step of the last checkpoint written in this run
         self._grads_finite = None
         self._trainer = None
+        self._last: LastCheckpoint | None = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         self._trainer = trainer
+        self._last = next((c for c in trainer.callbacks if isinstance(c, LastCheckpoint)), None)
 
     # ------------------------------------------------------------------------- signals
     @contextlib.contextmanager
@@ -243,7 +311,12 @@ class TrainingGuard(L.Callback):
     def _stop_if_signalled(self, trainer) -> None:
         if self.signal is None:
             return
-        trainer.save_checkpoint(self.last_ckpt)
+        if trainer.global_step == 0 and not self.last_ckpt.is_file():
+            raise Interrupted(f"{self.signal} before the first training step: nothing to keep")
+        if self._last is not None and self._last.path == self.last_ckpt:
+            self._last.save(trainer)  # nothing to write when last.ckpt holds this step already
+        else:
+            trainer.save_checkpoint(self.last_ckpt, weights_only=False)
         raise Interrupted(f"{self.signal} at step {trainer.global_step}: wrote {self.last_ckpt}; "
                           "continue with the same command and train.resume=auto")
 
@@ -275,8 +348,8 @@ class TrainingGuard(L.Callback):
                                     f"stopped and {kept}" + (f"; {self.fix}" if self.fix else ""))
         self._stop_if_signalled(trainer)
 
-    def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self._stop_if_signalled(trainer)  # a signal during validation or the sample grid
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._stop_if_signalled(trainer)  # a signal during the previous epoch's end (validation, sample grid)
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         self.saved_step = int(checkpoint.get("global_step", trainer.global_step))

@@ -17,7 +17,7 @@ import torch
 
 from ..config import to_container
 from ..diffusion.schedule import NoiseSchedule
-from ..model import build_model
+from ..model import build_model, condition_names
 from .ema import EMA
 from .loaders import EpochSampler, SeededItems, derive_seed
 from .objective import Objective
@@ -69,20 +69,19 @@ class DiffusionModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------ training
     def conditions(self, batch: dict, drop: torch.Tensor | None = None) -> dict:
-        m = self.cfg.model
-        cond = {"drop_cond": drop}
-        if m.num_classes > 0:
-            cond["label"] = batch["label"]
-        if m.z_conditioning:
-            cond["z"] = batch["z"]
-        if m.prior != "none":
-            cond["prior"] = batch["prior"]
-        return cond
+        """The network's conditions from a training batch (the slices' own class, z and augmented prior)."""
+        return {"drop_cond": drop, **{name: batch[name] for name in condition_names(self.cfg)}}
+
+    def modelled(self, batch: dict) -> torch.Tensor:
+        """The channels the network models: an image-only model (model.joint_mask=false) on a cache with
+        masks trains on the image channels alone (the mask channel comes last)."""
+        x = batch["x"]
+        return x if self.cfg.model.joint_mask else x[:, : self.cfg.model.image_channels]
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         torch.manual_seed(derive_seed(self.cfg.train.seed, self.global_step, self.global_rank))
         self.position = (self.current_epoch, batch_idx + 1)
-        x0 = batch["x"]
+        x0 = self.modelled(batch)
         b = x0.shape[0]
         t = self.objective.timesteps(b, self.device)
         noise = torch.randn_like(x0)
@@ -115,7 +114,7 @@ class DiffusionModule(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         """EMA loss at fixed timesteps with noise fixed per (batch, bucket): comparable across epochs."""
-        x0 = batch["x"]
+        x0 = self.modelled(batch)
         losses = []
         for i, t_value in enumerate(self.bucket_timesteps()):
             g = torch.Generator(device=x0.device).manual_seed(

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..errors import Interrupted, UserError
+from ..errors import Interrupted, UserError, first_line
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -37,35 +37,37 @@ def check_precision(precision: str, accelerator: str) -> str:
 
 def build_trainer(cfg: Any, out_dir: Path, has_val: bool, extra_callbacks=()):
     import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.callbacks import EarlyStopping
 
-    from .callbacks import SampleGrid, progress_callbacks
+    from .callbacks import BestCheckpoint, LastCheckpoint, SampleGrid, progress_callbacks
 
     t = cfg.train
     accelerator = resolve_accelerator(str(t.accelerator))
     ckpt_dir = out_dir / CHECKPOINT_DIR
     callbacks = [
-        # last.ckpt: every ckpt_every_n_steps steps (mid-epoch resume) and at every epoch end
-        ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True,
-                        every_n_train_steps=t.ckpt_every_n_steps or None, save_on_train_epoch_end=True),
+        # last.ckpt: every ckpt_every_n_steps steps (mid-epoch resume), after every epoch and at the end
+        LastCheckpoint(ckpt_dir / "last.ckpt", t.ckpt_every_n_steps),
         SampleGrid(out_dir / "samples", t.sample_every_n_epochs, t.sample_grid_steps),
         *progress_callbacks(bool(t.progress_bar)),  # a bar in a terminal, plain lines in a log
         *extra_callbacks,
     ]
     if has_val:
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min",
+        callbacks.append(BestCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/loss", mode="min",
                                          save_top_k=1, auto_insert_metric_name=False,
                                          enable_version_counter=False))
         if t.patience > 0:
-            callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=t.patience))
+            # checked after each validation: at a train epoch end the val/loss seen may be stale, or absent in a
+            # resumed fit that stops (max_steps) before its first validation (Lightning then raises)
+            callbacks.append(EarlyStopping(monitor="val/loss", mode="min", patience=t.patience,
+                                           check_on_train_epoch_end=False))
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     try:
         return _trainer(L, t, accelerator, callbacks, out_dir, has_val)
     except (MisconfigurationException, ValueError, TypeError) as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"train.accelerator={t.accelerator}, train.devices={t.devices}, train.strategy={t.strategy}, "
-                        f"train.num_nodes={t.num_nodes}: Lightning cannot use these ({detail}); fix them") from None
+                        f"train.num_nodes={t.num_nodes}: Lightning cannot use these ({first_line(exc)}); "
+                        "fix them") from None
 
 
 def _trainer(L, t, accelerator: str, callbacks: list, out_dir: Path, has_val: bool):
@@ -114,25 +116,6 @@ def resume_path(cfg: Any, out_dir: Path) -> Path | None:
     if not path.is_file():
         raise UserError(f"train.resume={resume}: checkpoint not found; give a .ckpt path, auto, or ''")
     return path
-
-
-def check_resume_compatible(cfg: Any, ckpt_path: Path) -> None:
-    """The network and objective must match the checkpoint's; schedule lengths etc. may change."""
-    from ..checkpoint import load_checkpoint
-    from ..config import from_container, to_container
-
-    stored = load_checkpoint(ckpt_path)["jsddpm"]["config"]
-    try:  # keys added since the checkpoint was written take their defaults, as the run that wrote it had
-        stored = to_container(from_container(stored))
-    except UserError:
-        pass  # a stored value today's checks refuse: compare the raw sections
-    now = to_container(cfg)
-    for section in ("model", "diffusion", "loss"):
-        if stored.get(section) != now.get(section):
-            diff = sorted(k for k in set(stored[section]) | set(now[section])
-                          if stored[section].get(k) != now[section].get(k))
-            raise UserError(f"{ckpt_path}: written with different {section}.* settings ({', '.join(diff)}); "
-                            "resume with the same settings or start a new train.out_dir")
 
 
 def check_train_config(cfg: Any) -> None:
@@ -215,6 +198,7 @@ def train(cfg: Any, callbacks=()) -> Path:
     from lightning.pytorch.utilities import rank_zero_only
 
     from .. import quiet
+    from ..checkpoint import Checkpoint
     from ..data.cache import load_cache
     from ..io import write_run_record
     from .callbacks import TrainingGuard
@@ -228,8 +212,8 @@ def train(cfg: Any, callbacks=()) -> Path:
     check_cache_compatible(cfg, cache)
     out_dir = Path(cfg.train.out_dir)
     ckpt_path = resume_path(cfg, out_dir)
-    if ckpt_path is not None:
-        check_resume_compatible(cfg, ckpt_path)
+    if ckpt_path is not None:  # before anything is written: a refused resume leaves the folder as it was
+        Checkpoint.load(ckpt_path).check_resume(cfg, cache.fingerprint)
     if cfg.train.cpu_threads > 0:
         torch.set_num_threads(int(cfg.train.cpu_threads))
     L.seed_everything(int(cfg.train.seed), workers=True, verbose=False)
@@ -238,6 +222,8 @@ def train(cfg: Any, callbacks=()) -> Path:
     if rank_zero_only.rank == 0:
         if not has_val:
             print(f"train: {cache.root} has no val split: no validation, early stopping or best.ckpt")
+        if cache.masks is not None and not cfg.model.joint_mask:
+            print(f"train: model.joint_mask=false: an image-only model; the masks of {cache.root} are not used")
         n_train = len(cache.indices("train"))
         if cfg.train.batch_size > n_train:
             print(f"train: warning: train.batch_size={cfg.train.batch_size} is larger than the {n_train} train "
@@ -252,6 +238,9 @@ def train(cfg: Any, callbacks=()) -> Path:
             # EpochSampler resumes mid-epoch by itself; the EMA copy is in eval mode on purpose
             warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
             warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+            # checkpoints written before LastCheckpoint hold the state of the ModelCheckpoint that wrote last.ckpt
+            warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`.* Please add the "
+                                    r"following callbacks: \[\"ModelCheckpoint\{'monitor': None[^]]*\]\.$")
             try:
                 trainer.fit(module, ckpt_path=ckpt_path)
             except SystemExit:  # Lightning's own exit on a second Ctrl+C or on SIGTERM at an epoch end
