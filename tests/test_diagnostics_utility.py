@@ -15,8 +15,8 @@ from jsddpm.config import load_config
 from jsddpm.diagnostics import utility
 from jsddpm.diagnostics.sets import ImageSet
 
-FAST = ["diagnostics.utility_seeds=1", "diagnostics.utility_steps=120", "diagnostics.utility_batch_size=16",
-        "diagnostics.n_bootstrap=200", "diagnostics.utility_workers=1"]
+FAST = ["diagnostics.utility_seeds=1", "diagnostics.utility_steps=150", "diagnostics.utility_batch_size=16",
+        "diagnostics.utility_eval_every=10", "diagnostics.utility_patience=4", "diagnostics.utility_workers=1"]
 
 
 def _cfg(*extra):
@@ -68,16 +68,21 @@ def reference_result(phantom_parts):
     return utility.run_utility(train, reference, test, _cfg("diagnostics.utility_seeds=3"), arms=("real", "synthetic"))
 
 
-def test_another_real_split_scores_like_the_real_arm(reference_result):
+def test_another_real_split_scores_like_the_real_arm(phantom_parts, reference_result):
+    train, reference, _ = phantom_parts
     real, synth = reference_result["arms"]["real"], reference_result["arms"]["synthetic"]
-    assert synth["n_synthetic"] == real["n_real"]  # equal size at synthetic_ratio 1
+    val = reference_result["validation"]
+    assert synth["n_synthetic"] == len(reference)  # the synthetic arm trains on all synthetic slices
+    assert real["n_real"] == val["n_fit_slices"] == len(train) - val["n_slices"] and val["n_lesion_slices"] > 0
     assert real["dice"]["value"] > 0.2  # the real arm learnt to find lesions
     assert real["dice"]["ci_low"] <= synth["dice"]["value"] <= real["dice"]["ci_high"]
     assert "Dice" in reference_result["verdict"] and "no lesions" not in reference_result["verdict"]
     for arm in ("real", "synthetic"):
+        rec = reference_result["arms"][arm]
+        assert len(rec["steps"]) == 3 and all(10 <= s <= 150 for s in rec["steps"])
+        assert all(b <= s for b, s in zip(rec["best_steps"], rec["steps"])) and isinstance(rec["converged"], bool)
         for m in utility.METRICS:
-            rec = reference_result["arms"][arm][m]
-            assert len(rec["seeds"]) == 3 and rec["ci_low"] <= rec["value"] <= rec["ci_high"]
+            assert len(rec[m]["seeds"]) == 3 and rec[m]["ci_low"] <= rec[m]["value"] <= rec[m]["ci_high"]
 
 
 def _synthetic_only(phantom_parts, images, masks):
@@ -118,25 +123,89 @@ def test_identical_inputs_and_seeds_give_identical_numbers(phantom_parts, one_th
     assert a["arms"] == b["arms"] and a["differences"] == b["differences"]
 
 
-def test_scores_match_hand_counts():
-    """Two slices: a half-found lesion plus a false-positive blob; a lesion-free slice with one blob."""
-    truth = np.zeros((2, 10, 10), bool)
-    pred = np.zeros((2, 10, 10), bool)
-    truth[0, 1:3, 1:3] = True  # lesion A, 4 px: found with 2 px
-    pred[0, 1:3, 1] = True
-    truth[0, 6:8, 6:8] = True  # lesion B, 4 px: missed
-    pred[0, 4, 8] = True  # a false-positive component in slice 0
-    pred[1, 5:7, 5:7] = True  # a false-positive component in slice 1 (no lesions there)
-    counts = utility.slice_counts(pred, truth)
-    sums = utility.unit_sums(counts, np.array([0, 1]))
-    m = utility.metrics_from_sums(sums[None], np.ones((1, 2)))
-    # Dice over lesion slices only: slice 0 has TP 2, predicted 3, true 8
-    assert m["dice"][0, 0] == pytest.approx(2 * 2 / (3 + 8))
-    assert m["sensitivity"][0, 0] == pytest.approx(0.5)
-    assert m["fp_per_slice"][0, 0] == pytest.approx(2 / 2)
-    assert m["subject_dice"][0, 0] == pytest.approx(4 / 11)  # one unit with lesions
-    # a resample that draws slice 1 twice and slice 0 never has no lesion: NaN Dice, not 0
-    assert np.isnan(utility.metrics_from_sums(sums[None], np.array([[0.0, 2.0]]))["dice"][0, 0])
+def test_crossed_interval_covers_by_simulation():
+    """Per-subject Dice = truth + subject effect + seed effect + noise, 4 test subjects x 3 seeds (the demo's
+    design) and 8 x 3: the nominal 95% interval covers the truth at least 90% of the time, and is not
+    uselessly wide (it misses sometimes)."""
+    rng = np.random.default_rng(0)
+    for n_units, n_seeds, sd_subject, sd_seed, sd_noise in [(4, 3, 0.10, 0.05, 0.05), (4, 3, 0.15, 0.0, 0.05),
+                                                             (4, 3, 0.0, 0.10, 0.05), (8, 3, 0.10, 0.05, 0.10)]:
+        hits = 0
+        for _ in range(800):
+            subject, seed = rng.standard_normal(n_units)[None], rng.standard_normal(n_seeds)[:, None]
+            cells = 0.4 + sd_subject * subject + sd_seed * seed + sd_noise * rng.standard_normal((n_seeds, n_units))
+            ci = utility.crossed_interval(cells)
+            hits += ci["ci_low"] <= 0.4 <= ci["ci_high"]
+        assert 0.90 <= hits / 800 < 0.995, (n_units, n_seeds, hits / 800)
+
+
+def test_pooled_dice_interval_covers_by_simulation():
+    """Pooled Dice (a ratio of sums) through `metric_cells`' pseudo-values: subjects with lesion sizes
+    spread over two orders of magnitude, detection rates with subject and seed effects, false positives
+    in proportion; the truth is the population's ratio of expected sums."""
+    rng = np.random.default_rng(1)
+
+    def draw(n_seeds, n_units):
+        true = rng.lognormal(4, 1, n_units)[None] * np.ones((n_seeds, 1))
+        rate = np.clip(0.5 + rng.normal(0, 0.12, n_units)[None] + rng.normal(0, 0.06, (n_seeds, 1))
+                       + rng.normal(0, 0.05, (n_seeds, n_units)), 0, 1)
+        sums = np.zeros((n_seeds, n_units, len(utility.SUM_COLUMNS)))
+        sums[..., 0] = rate * true  # TP
+        sums[..., 1] = rate * true + np.exp(rng.normal(-1, 0.5, (n_seeds, n_units))) * true  # predicted
+        sums[..., 2], sums[..., 7] = true, 1.0
+        return sums
+
+    big = draw(200, 4000)
+    truth = 2 * big[..., 0].sum() / (big[..., 1].sum() + big[..., 2].sum())
+    hits = 0
+    for _ in range(800):
+        sums = draw(3, 4)
+        cells = utility.metric_cells(sums, "dice")
+        ci = utility.crossed_interval(cells)
+        per_seed = [2 * s[:, 0].sum() / (s[:, 1].sum() + s[:, 2].sum()) for s in sums]
+        assert ci["value"] == pytest.approx(np.mean(per_seed))  # the cells average to the seed mean
+        hits += ci["ci_low"] <= truth <= ci["ci_high"]
+    assert hits / 800 >= 0.90
+
+
+def test_arms_use_all_synthetic_slices_and_stratified_fractions_and_a_ratio_sweep():
+    cfg = _cfg("diagnostics.utility_real_fractions=[0.25]", "diagnostics.utility_synthetic_ratios=[0.5,1,2]")
+    subject = np.repeat(np.arange(40), 10)
+    has_lesion = np.zeros(400, bool)
+    has_lesion[(np.arange(0, 20) * 10) + 3] = True  # subjects 0..19 hold lesions
+    fit = np.flatnonzero(subject >= 4)  # subjects 0..3 carved out for validation
+    arms = utility.arm_training_sets(fit, subject, has_lesion, 500, cfg, np.random.default_rng(0))
+    assert list(arms) == ["real", "synthetic", "real_plus_synthetic", "real_plus_synthetic_x0.5",
+                          "real_plus_synthetic_x2", "real_25pct", "real_25pct_plus_synthetic",
+                          "real_25pct_plus_synthetic_x0.5", "real_25pct_plus_synthetic_x2"]
+    assert len(arms["synthetic"][1]) == 500 and len(arms["synthetic"][0]) == 0
+    assert len(arms["real_plus_synthetic"][1]) == 360 and len(arms["real_plus_synthetic_x0.5"][1]) == 180
+    assert len(arms["real_plus_synthetic_x2"][1]) == 500  # capped at the synthetic slices there are
+    real25 = arms["real_25pct"][0]
+    kept = np.unique(subject[real25])
+    assert len(kept) == 4 + 5 and (kept < 20).sum() == 4  # 25% of the 16 lesion and of the 20 lesion-free subjects
+    assert set(real25) <= set(fit)
+    assert len(arms["real_25pct_plus_synthetic"][1]) == len(real25)
+    assert set(arms["real_25pct_plus_synthetic"][1]) <= set(arms["real_plus_synthetic"][1])  # a prefix of one order
+    pairs = utility._difference_pairs(arms)
+    assert ("real_25pct_plus_synthetic_x2", "real_25pct") in pairs and ("synthetic", "real") in pairs
+
+
+def test_a_matching_reference_segmenter_is_the_real_arms_first_seed(phantom_parts, one_thread):
+    """The reference segmenter trained as the real arm's first seed replaces that training, with the same
+    numbers; one trained for other settings is not used."""
+    from jsddpm.segmentation import settings_from_config, train_reference
+
+    train, reference, test = phantom_parts
+    cfg = _cfg("diagnostics.utility_steps=30")
+    ref = train_reference(train.images, train.masks, train.subject, settings_from_config(cfg), int(cfg.seed))
+    plain = utility.run_utility(train, reference, test, cfg, arms=("real",))
+    reused = utility.run_utility(train, reference, test, cfg, arms=("real",), reference=ref)
+    assert reused["settings"]["reference_reused"] and not plain["settings"]["reference_reused"]
+    assert reused["arms"] == plain["arms"]
+    other = utility.run_utility(train, reference, test, _cfg("diagnostics.utility_steps=31"), arms=("real",),
+                                reference=ref)
+    assert not other["settings"]["reference_reused"]
 
 
 def test_bad_inputs_are_user_errors(phantom_parts):
@@ -152,6 +221,24 @@ def test_bad_inputs_are_user_errors(phantom_parts):
         load_config(None, ["diagnostics.utility_widths=[6,12]"])
 
 
+@pytest.mark.parametrize("override, needle", [
+    ("diagnostics.utility_synthetic_ratios=[0.5,0]", "utility_synthetic_ratios must hold distinct ratios > 0"),
+    ("diagnostics.utility_synthetic_ratios=[2,2]", "utility_synthetic_ratios must hold distinct ratios > 0"),
+    ("diagnostics.utility_eval_every=0", "utility_eval_every must be >= 1"),
+    ("diagnostics.utility_patience=-1", "utility_patience >= 0"),
+    ("diagnostics.utility_val_fraction=1", "utility_val_fraction must be in \\[0, 1\\)"),
+    ("diagnostics.utility_real_fractions=[1.0]", "utility_real_fractions must hold fractions in \\(0, 1\\)"),
+])
+def test_utility_keys_are_validated(override, needle):
+    from jsddpm.errors import UserError
+
+    with pytest.raises(UserError, match=needle):
+        load_config(None, [override])
+    ok = load_config("demo_cpu", ["diagnostics.utility_synthetic_ratios=[0.5,1,2]", "diagnostics.utility_patience=0"])
+    assert list(ok.diagnostics.utility_real_fractions) == [0.25]  # the demo's data-scarce arms
+    assert list(ok.diagnostics.utility_synthetic_ratios) == [0.5, 1, 2]
+
+
 def test_cli_utility_and_run_all_family_write_outputs_and_a_criteria_row(demo_cache, tmp_path, capsys, one_thread):
     import csv
     import json
@@ -164,7 +251,7 @@ def test_cli_utility_and_run_all_family_write_outputs_and_a_criteria_row(demo_ca
     def wants_utility(dcfg):  # run-all runs utility like any family: unless skipped or left out by --only
         return "utility" in [f.name for f in load_families(dcfg.only, dcfg.skip)]
 
-    tiny = ["diagnostics.utility_steps=4", "diagnostics.utility_seeds=1", "diagnostics.n_bootstrap=20",
+    tiny = ["diagnostics.utility_steps=4", "diagnostics.utility_eval_every=2", "diagnostics.utility_seeds=1",
             "diagnostics.utility_workers=1"]
     cache = load_cache(demo_cache)
     idx = cache.indices("val")

@@ -243,10 +243,20 @@ class DiagnosticsConfig:
     # (they are scored on real_split)
     utility_train_split: str = "train"
     utility_seeds: int = 3  # segmenters per arm (seeds seed, seed + 1, ...); the same seeds in every arm
-    utility_steps: int = 250  # Adam steps per segmenter, the same in every arm whatever its size
+    # Adam steps per segmenter at most (the span of its cosine learning-rate decay); the weights kept are
+    # those of the best validation Dice (early stopping: utility_patience)
+    utility_steps: int = 600
+    # steps between validation Dice evaluations (pooled over the validation subjects' lesion slices)
+    utility_eval_every: int = 25
+    # evaluations without a better validation Dice before a segmenter halts (never before half of
+    # utility_steps, nor while its validation Dice is 0 or still rising: slow starters climb late); 0 = no
+    # halting, every segmenter runs utility_steps and keeps its best validation checkpoint
+    utility_patience: int = 8
+    # share of the real training subjects with lesions held out (subject-disjoint) as the validation split
+    utility_val_fraction: float = 0.2
     utility_batch_size: int = 16  # slices per step
-    # peak learning rate (cosine decay to 0 over utility_steps); 1e-2 let one seed in three collapse to Dice 0
-    utility_lr: float = 3e-3
+    # peak Adam learning rate (cosine decay to 0 over utility_steps, after a short warm-up)
+    utility_lr: float = 6e-3
     # channels per level of the segmentation UNet (multiples of 4)
     utility_widths: list[int] = field(default_factory=lambda: [8, 16, 32])
     utility_lesion_fraction: float = 0.5  # share of each batch drawn from lesion slices (when the arm has any)
@@ -255,6 +265,9 @@ class DiagnosticsConfig:
     # processes training segmenters in parallel (one torch thread each); results do not depend on it
     utility_workers: int = 2
     utility_synthetic_ratio: float = 1.0  # synthetic slices added per real slice in the real_plus_synthetic arm
+    # a ratio sweep: extra arms real_plus_synthetic_x<r> (and real_<p>pct_plus_synthetic_x<r>) with r synthetic
+    # slices per real slice, e.g. [0.5, 2]
+    utility_synthetic_ratios: list[float] = field(default_factory=list)
     # extra arms (with and without synthetic) on these fractions of the real training subjects, e.g. [0.25, 0.5]
     utility_real_fractions: list[float] = field(default_factory=list)
 
@@ -449,6 +462,12 @@ def validate(cfg: Any, where: str, overrides=()) -> None:
          "diagnostics.utility_lesion_fraction must be in [0, 1]"),
         (0.0 < cfg.diagnostics.utility_crop <= 1.0, "diagnostics.utility_crop must be in (0, 1]"),
         (cfg.diagnostics.utility_synthetic_ratio > 0, "diagnostics.utility_synthetic_ratio must be > 0"),
+        (all(r > 0 for r in cfg.diagnostics.utility_synthetic_ratios)
+         and len(set(cfg.diagnostics.utility_synthetic_ratios)) == len(cfg.diagnostics.utility_synthetic_ratios),
+         "diagnostics.utility_synthetic_ratios must hold distinct ratios > 0, e.g. [0.5, 2]"),
+        (cfg.diagnostics.utility_eval_every >= 1 and cfg.diagnostics.utility_patience >= 0,
+         "diagnostics.utility_eval_every must be >= 1 and utility_patience >= 0"),
+        (0.0 <= cfg.diagnostics.utility_val_fraction < 1.0, "diagnostics.utility_val_fraction must be in [0, 1)"),
         (cfg.diagnostics.utility_workers >= 1, "diagnostics.utility_workers must be at least 1"),
         (all(0 < f < 1 for f in cfg.diagnostics.utility_real_fractions),
          "diagnostics.utility_real_fractions must hold fractions in (0, 1), e.g. [0.25, 0.5]"),

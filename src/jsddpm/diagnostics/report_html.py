@@ -216,14 +216,18 @@ def status_note(status: dict) -> str:
 def utility_section_body(util: dict, figures: dict[str, bytes]) -> str:
     """The verdict, the arms table with CIs, the differences, the figures and how they were made."""
     parts = [f"<p><b>{html.escape(util.get('verdict', ''))}</b></p>"]
-    head = ("arm", "real + synthetic slices", *UTILITY_METRIC_LABELS.values())
+    head = ("arm", "real + synthetic slices", "steps (per seed)", *UTILITY_METRIC_LABELS.values())
 
     def cell(r):
         return f"{_num(r['value'])} ({_num(r['ci_low'])} – {_num(r['ci_high'])})"
 
-    rows = [(a, f"{r['n_real']} + {r['n_synthetic']}", *(cell(r[m]) for m in UTILITY_METRIC_LABELS))
+    def steps(r):
+        used = "/".join(str(s) for s in r.get("steps", []))
+        return used + ("" if r.get("converged", True) else " (not converged)")
+
+    rows = [(a, f"{r['n_real']} + {r['n_synthetic']}", steps(r), *(cell(r[m]) for m in UTILITY_METRIC_LABELS))
             for a, r in util.get("arms", {}).items()]
-    rows += [(d, "paired difference", *(cell(r[m]) for m in UTILITY_METRIC_LABELS))
+    rows += [(d, "paired difference", "", *(cell(r[m]) for m in UTILITY_METRIC_LABELS))
              for d, r in util.get("differences", {}).items()]
     parts.append(table(head, rows))
     if "utility_bars" in figures:
@@ -234,11 +238,13 @@ def utility_section_body(util: dict, figures: dict[str, bytes]) -> str:
                      + img(figures["utility_examples"], "example predictions"))
     st, te = util.get("settings", {}), util.get("test", {})
     parts.append(
-        f"<p class='note'>Each arm trains {len(st.get('seeds', []))} small UNets (seeds {st.get('seeds')}) for "
-        f"{st.get('steps')} steps of {st.get('batch_size')} slices, the same in every arm; scored on "
+        f"<p class='note'>Each arm trains {len(st.get('seeds', []))} small UNets (seeds {st.get('seeds')}) on "
+        f"batches of {st.get('batch_size')} slices until their Dice on validation subjects carved from the real "
+        f"training set stops improving (at most {st.get('max_steps')} steps; best weights kept); scored on "
         f"{te.get('n_slices')} held-out real slices ({te.get('n_lesion_slices')} with lesions, "
-        f"{te.get('n_lesions')} lesions). Value = mean over seeds; 95% CI over resampled "
-        f"{html.escape(str(te.get('resampling_unit', '')))} and seeds; differences are paired. Dice pools "
+        f"{te.get('n_lesions')} lesions). Value = mean over seeds; 95% CI: t-interval with test "
+        f"{html.escape(str(te.get('resampling_unit', '')))} and seeds as crossed random factors; differences "
+        "are paired. Dice pools "
         "the pixels of the lesion slices; sensitivity counts true lesions touched by a prediction; false "
         "positives are predicted components touching no lesion, per slice.</p>")
     return "".join(parts)

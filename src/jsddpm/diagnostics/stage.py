@@ -215,7 +215,7 @@ def _utility(real_path, synthetic_path, out, cfg, synthetic_split, image_channel
     if progress:
         progress(f"utility: real train {len(sets.real_train)} slices, synthetic {len(synth)} "
                  f"({synth.source['kind']}), real test {len(real)}; {dcfg.utility_seeds} seeds x "
-                 f"{dcfg.utility_steps} steps per arm")
+                 f"<= {dcfg.utility_steps} steps per segmenter (early stopping)")
     result = family.run(sets, dcfg, progress)
     section = family.report_section(SectionInput(family.name, family.title, {family.name: result.record},
                                                  examples=result.examples))

@@ -1,28 +1,43 @@
 """Family 13, utility: does the synthetic set help a lesion segmenter? (pure torch / numpy on arrays)
 
 Protocol
-- Arms (training sets): `real` (the real training split), `synthetic` (synthetic slices only:
-  train on synthetic, test on real), `real_plus_synthetic` (the real slices plus `synthetic_ratio`
-  synthetic slices per real slice), and optionally `real_<p>pct` / `real_<p>pct_plus_synthetic`
-  on a fraction of the real training subjects. The `synthetic` arm trains on exactly the synthetic
-  slices that `real_plus_synthetic` adds, so at ratio 1 it has the real arm's size.
-- Every arm trains the same small 2-D UNet (our ResBlock / Downsample / Upsample) with Dice + BCE
-  for the same number of optimiser steps from the same seeds (`utility_seeds` of them): arms differ
-  in their data only, not in compute. Batches draw `utility_lesion_fraction` of their slices from
-  lesion slices when the arm has any (lesion slices are a minority in brain data).
-- Every segmenter is scored on the held-out real test slices, thresholded at probability 0.5:
-  `dice` (pooled over the test slices that hold a lesion: 2 TP / (predicted + true pixels)),
-  `sensitivity` (true lesions, 8-connected components per slice, that any predicted pixel touches,
-  over all true lesions), `fp_per_slice` (predicted components touching no true lesion, per test
-  slice, lesion-free slices included) and `subject_dice` (pooled Dice per test subject with lesions,
-  averaged over subjects).
-- An arm's value is the mean over its seeds. Its 95% CI resamples test subjects with replacement
-  (slices when subjects are unknown) and the seeds with replacement, and recomputes the seed mean;
-  every arm and every difference uses the same resamples, so the differences between arms are
-  paired over subjects and seeds.
+- Validation: `utility_val_fraction` of the real training subjects that hold lesions are carved out
+  (subject-disjoint, the same subjects for every arm and seed); every segmenter early-stops on its
+  pooled Dice over their lesion slices. The arms train on the rest of the real training set.
+- Arms (training sets): `real` (the real training slices), `synthetic` (ALL synthetic slices: train on
+  synthetic, test on real), `real_plus_synthetic` (the real slices plus `utility_synthetic_ratio`
+  synthetic slices per real slice, as many as there are), `real_plus_synthetic_x<r>` for each ratio r of
+  `utility_synthetic_ratios` (a ratio sweep), and, for each fraction p of `utility_real_fractions`, the
+  same on that fraction of the real training subjects (stratified: that fraction of the subjects with
+  and of those without lesions): `real_<p>pct`, `real_<p>pct_plus_synthetic[_x<r>]`. Smaller arms take a
+  prefix of one fixed order of the synthetic slices.
+- Every arm trains the same small 2-D UNet (`segmentation/`) from the same seeds (`utility_seeds`) until
+  its validation Dice stops improving: the moving average of its weights is scored on the validation
+  lesion slices every `utility_eval_every` steps, training stops after `utility_patience` evaluations
+  without a better one (best weights kept; not before half of `utility_steps`, nor while the Dice is 0
+  or still rising), at most `utility_steps` steps (the span of the cosine learning-rate decay). Arms
+  differ in their data, and each trains as long as its data need; the record gives the steps each
+  segmenter used and whether the arm converged (every seed stopped on its own or ended on a flat
+  validation curve, `segmentation.train_segmenter`). Batches draw
+  `utility_lesion_fraction` of their slices from lesion slices (a minority in brain data).
+- Every segmenter is scored on the held-out real test slices, thresholded at probability 0.5: `dice`
+  (pooled over the test slices that hold a lesion: 2 TP / (predicted + true pixels)), `sensitivity`
+  (true lesions, 8-connected components per slice, that any predicted pixel touches, over all true
+  lesions), `fp_per_slice` (predicted components touching no true lesion, per test slice, lesion-free
+  slices included) and `subject_dice` (pooled Dice per test subject with lesions, averaged over subjects).
+- An arm's value is the mean over its seeds. Its 95% CI treats test subjects (slices when subjects are
+  unknown) and training seeds as crossed random factors: cell values per (seed, subject) (per-subject
+  Dice, or for a pooled ratio its linearised pseudo-values), a two-way ANOVA estimate of the variance of
+  the grand mean (MS_subjects + MS_seeds - MS_residual) / (subjects x seeds) and a t quantile with
+  Satterthwaite's degrees of freedom (`crossed_interval`). With 4 test subjects and 3 seeds this covers
+  ~95% in simulation, where the percentile bootstrap over subjects and seeds covered ~85%. The
+  differences between arms use the same cells paired over subjects and seeds. With one seed the CI
+  holds the test subjects' variation only.
 - Speed: segmenters train on random crops (`utility_crop` of the side; lesion draws keep a lesion
   pixel inside) and score whole slices (the network is fully convolutional); each uses one torch
-  thread, and `utility_workers` processes train the (arm, seed) segmenters side by side.
+  thread, and `utility_workers` processes train the (arm, seed) segmenters side by side. A reference
+  segmenter trained exactly as the `real` arm's first seed (`segmentation.reference_segmenter`, shared
+  with the pairing family and generation) can be passed in and is then not trained again.
 """
 
 from __future__ import annotations
@@ -30,276 +45,143 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from types import SimpleNamespace
 
 import numpy as np
 
 from ..errors import UserError
-from .common import one_torch_thread
+from ..segmentation import (
+    SUM_COLUMNS,
+    Segmenter,
+    data_digest,
+    one_torch_thread,
+    predict_masks,
+    settings_from_config,
+    slice_counts,
+    split_for_validation,
+    train_segmenter,
+    unit_sums,
+)
+from ..segmentation.scoring import metrics_from_sums
 
 NAME = "utility"
 METRICS = ("dice", "sensitivity", "fp_per_slice", "subject_dice")
-# (arm, reference arm) pairs whose paired differences are reported
+# (arm, reference arm) pairs whose paired differences are reported (plus every `X_plus_synthetic...` - X)
 DIFFERENCES = (("real_plus_synthetic", "real"), ("synthetic", "real"))
 N_EXAMPLES = 4  # test slices shown with the real-trained and synthetic-trained predictions
-EVAL_BATCH = 256
-# BCE weight of lesion pixels: lesions cover ~1% of a slice, and unweighted BCE drives every logit so
-# far negative that the Dice term's gradient vanishes through the sigmoid (seen: segmenters that never
-# predict a lesion in one seed out of three)
-LESION_WEIGHT = 10.0
+LEVEL = 0.95
+# ratio metrics: (numerator, denominator) columns of `unit_sums` and the factor of the numerator
+_RATIOS = {"dice": ((0,), (1, 2), 2.0), "sensitivity": ((4,), (3,), 1.0), "fp_per_slice": ((5,), (6,), 1.0)}
+_COL = {name: i for i, name in enumerate(SUM_COLUMNS)}
 
 
-# -------------------------------------------------------------------------------------- network
-def _segmentation_unet(in_channels: int, widths):
-    """A UNet of one ResBlock per level, built lazily so that importing this module needs no torch."""
-    import torch
-    from torch import nn
+# ---------------------------------------------------------------------------------------- intervals
+def crossed_interval(cells: np.ndarray, level: float = LEVEL) -> dict:
+    """Mean of (n_seeds, n_units) cell values and its CI for the population mean when both seeds and units
+    (test subjects) are random draws, crossed: var(mean) = (MS_units + MS_seeds - MS_residual) /
+    (n_units n_seeds) (the two-way random-effects ANOVA, never below max(MS_units, MS_seeds) / (n_units
+    n_seeds)), a t quantile with Satterthwaite's degrees of freedom. With one seed (or one unit) the other
+    factor's variation alone. Returns {"value", "ci_low", "ci_high", "se", "df"} (CI None from one cell)."""
+    from scipy import stats
 
-    from ..model.blocks import Downsample, ResBlock, Upsample
-
-    groups = 4  # GroupNorm groups: widths are multiples of 4 (validated in the config)
-
-    class SegmentationUNet(nn.Module):
-        """Image channels in, one lesion logit per pixel out. The ResBlocks get no condition: their
-        scale-shift reduces to a learned per-channel affine (the projection's bias of a zero input)."""
-
-        def __init__(self):
-            super().__init__()
-            self.levels = len(widths)
-            self.register_buffer("no_condition", torch.zeros(1, 1))
-            self.input_conv = nn.Conv2d(in_channels, widths[0], 3, padding=1)
-            self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
-            ch = widths[0]
-            for i, w in enumerate(widths):
-                self.down.append(ResBlock(ch, w, 1, groups, 0.0, norm2=False))
-                ch = w
-                if i < len(widths) - 1:
-                    self.downsample.append(Downsample(ch))
-            self.mid = ResBlock(ch, ch, 1, groups, 0.0, norm2=False)
-            self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
-            for i in reversed(range(len(widths))):
-                self.up.append(ResBlock(ch + widths[i], widths[i], 1, groups, 0.0, norm2=False))
-                ch = widths[i]
-                if i > 0:
-                    self.upsample.append(Upsample(ch, "bilinear"))
-            self.out = nn.Sequential(nn.GroupNorm(groups, ch), nn.SiLU(), nn.Conv2d(ch, 1, 3, padding=1))
-            self.to(memory_format=torch.channels_last)  # mkldnn convolutions: ~20% faster steps on CPU
-
-        def forward(self, x):
-            h, w = x.shape[-2:]
-            m = 2 ** (self.levels - 1)
-            pad_h, pad_w = (-h) % m, (-w) % m  # sizes not divisible by 2^(levels-1): pad with background
-            if pad_h or pad_w:
-                x = torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), value=-1.0)
-            x = x.contiguous(memory_format=torch.channels_last)
-            emb = self.no_condition
-            hid = self.input_conv(x)
-            skips = []
-            for i, block in enumerate(self.down):
-                hid = block(hid, emb)
-                skips.append(hid)
-                if i < len(self.downsample):
-                    hid = self.downsample[i](hid)
-            hid = self.mid(hid, emb)
-            for i, block in enumerate(self.up):
-                hid = block(torch.cat([hid, skips.pop()], dim=1), emb)
-                if i < len(self.upsample):
-                    hid = self.upsample[i](hid)
-            return self.out(hid)[:, 0, :h, :w]
-
-    return SegmentationUNet()
+    y = np.asarray(cells, dtype=float)
+    n_seeds, n_units = y.shape
+    mean = float(y.mean()) if y.size else float("nan")
+    if y.size < 2 or not np.isfinite(y).all():
+        return {"value": mean if np.isfinite(mean) else None, "ci_low": None, "ci_high": None, "se": None,
+                "df": None}
+    if n_seeds == 1 or n_units == 1:
+        var, df = y.var(ddof=1) / y.size, y.size - 1.0
+    else:
+        unit_means, seed_means = y.mean(axis=0), y.mean(axis=1)
+        ms_units = n_seeds * ((unit_means - mean) ** 2).sum() / (n_units - 1)
+        ms_seeds = n_units * ((seed_means - mean) ** 2).sum() / (n_seeds - 1)
+        resid = y - unit_means[None] - seed_means[:, None] + mean
+        ms_resid = (resid ** 2).sum() / ((n_units - 1) * (n_seeds - 1))
+        total = ms_units + ms_seeds - ms_resid
+        if total >= max(ms_units, ms_seeds):
+            df = total ** 2 / (ms_units ** 2 / (n_units - 1) + ms_seeds ** 2 / (n_seeds - 1)
+                               + ms_resid ** 2 / ((n_units - 1) * (n_seeds - 1)))
+        else:  # the residual exceeds one factor's mean square: fall back on the larger one alone
+            total, df = (ms_units, n_units - 1.0) if ms_units >= ms_seeds else (ms_seeds, n_seeds - 1.0)
+        var = total / y.size
+    se = math.sqrt(max(var, 0.0))
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * se if df > 0 else float("nan")
+    return {"value": mean, "ci_low": mean - half, "ci_high": mean + half, "se": se, "df": float(df)}
 
 
-def dice_bce_loss(logits, target, lesion_weight: float = 1.0):
-    """BCE per pixel (lesion pixels weighted by `lesion_weight`) + soft Dice pooled over the batch
-    (pooling keeps lesion-free slices meaningful)."""
-    import torch
-    import torch.nn.functional as F
-
-    bce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=torch.tensor(lesion_weight))
-    p = logits.sigmoid()
-    soft_dice = (2 * (p * target).sum() + 1.0) / (p.sum() + target.sum() + 1.0)
-    return bce + (1.0 - soft_dice)
-
-
-def _crop_origins(masks: np.ndarray, idx: np.ndarray, from_lesion: np.ndarray, crop: int,
-                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Top-left corners of `crop`-sided training crops: uniform for ordinary draws; for lesion draws, a
-    random position that keeps a random lesion pixel of the slice inside the crop."""
-    n, h, w = len(idx), masks.shape[1], masks.shape[2]
-    top, left = rng.integers(0, h - crop + 1, size=n), rng.integers(0, w - crop + 1, size=n)
-    jitter = rng.integers(0, crop, size=(2, n))
-    for k in np.flatnonzero(from_lesion):
-        ys, xs = np.nonzero(masks[idx[k]])
-        j = rng.integers(0, len(ys))
-        top[k] = min(max(ys[j] - jitter[0, k], 0), h - crop)
-        left[k] = min(max(xs[j] - jitter[1, k], 0), w - crop)
-    return top, left
-
-
-def train_segmenter(images: np.ndarray, masks: np.ndarray, cfg, seed: int, callback=None):
-    """Train one segmenter for `utility_steps` Adam steps (cosine-decayed learning rate) from `seed`.
-
-    `images` (N, C, H, W) float32 in [-1, 1], `masks` (N, H, W) bool. Each step draws
-    `utility_batch_size` slices (`utility_lesion_fraction` of them from lesion slices, when there are
-    any), crops them to `utility_crop` of the side (lesion draws keep a lesion pixel inside), and flips
-    half of them left-right. Deterministic on CPU: weights and draws depend on `seed` only.
-    `callback(step, net)`, when given, runs after every step (learning curves).
-    """
-    import torch
-
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    widths = list(cfg.utility_widths)
-    net = _segmentation_unet(images.shape[1], widths)
-    steps, bs = int(cfg.utility_steps), int(cfg.utility_batch_size)
-    h, w = images.shape[2:]
-    multiple = 2 ** (len(widths) - 1)
-    crop = max(multiple, int(float(cfg.utility_crop) * min(h, w)) // multiple * multiple)
-    crop = min(crop, h, w)
-    opt = torch.optim.Adam(net.parameters(), lr=float(cfg.utility_lr))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
-    x_all = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-    y_all = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32))
-    lesion = np.flatnonzero(masks.reshape(len(masks), -1).any(axis=1))
-    frac = float(cfg.utility_lesion_fraction) if len(lesion) else 0.0
-    net.train()
-    for step in range(steps):
-        # the same rng draws in every arm: which pool each batch slot uses, the index in it, crop, flip
-        from_lesion = rng.random(bs) < frac
-        idx = rng.integers(0, len(images), size=bs)
-        if len(lesion):
-            idx = np.where(from_lesion, lesion[rng.integers(0, len(lesion), size=bs)], idx)
-        top, left = _crop_origins(masks, idx, from_lesion, crop, rng)
-        flip = rng.random(bs) < 0.5
-        xb = torch.stack([x_all[i, :, t:t + crop, l:l + crop] for i, t, l in zip(idx, top, left)])
-        yb = torch.stack([y_all[i, t:t + crop, l:l + crop] for i, t, l in zip(idx, top, left)])
-        f = torch.from_numpy(flip)
-        xb = torch.where(f[:, None, None, None], xb.flip(-1), xb)
-        yb = torch.where(f[:, None, None], yb.flip(-1), yb)
-        loss = dice_bce_loss(net(xb), yb, LESION_WEIGHT)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if callback is not None:
-            callback(step, net)
-    return net.eval()
-
-
-def predict(net, images: np.ndarray) -> np.ndarray:
-    """Binary lesion masks (N, H, W): probability above 0.5."""
-    import torch
-
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
-    with torch.no_grad():
-        return torch.cat([net(x[i:i + EVAL_BATCH]) > 0 for i in range(0, len(x), EVAL_BATCH)]).numpy()
-
-
-# -------------------------------------------------------------------------------------- scoring
-_IN_PLANE_8 = np.zeros((3, 3, 3), dtype=bool)
-_IN_PLANE_8[1] = True  # 8-connected within a slice, never across slices
-
-
-def _components(masks: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
-    """Labels of the 2-D connected components of every slice, their count, and each one's slice."""
-    from scipy import ndimage
-
-    labels, n = ndimage.label(masks, structure=_IN_PLANE_8)
-    owner = np.zeros(n + 1, dtype=np.int64)
-    owner[labels[labels > 0]] = np.nonzero(labels)[0]
-    return labels, n, owner[1:]
-
-
-def slice_counts(pred: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
-    """Per test slice: TP / predicted / true pixels, true lesions, detected lesions, false-positive
-    components. `pred`, `truth`: (N, H, W) bool. Every metric is a ratio of sums of these."""
-    n = len(truth)
-    flat_p, flat_t = pred.reshape(n, -1), truth.reshape(n, -1)
-    t_lab, n_t, t_owner = _components(truth)
-    p_lab, n_p, p_owner = _components(pred)
-    detected = np.zeros(n_t + 1, dtype=bool)
-    detected[t_lab[pred]] = True
-    touches = np.zeros(n_p + 1, dtype=bool)
-    touches[p_lab[truth]] = True
-    return {"tp": (flat_p & flat_t).sum(axis=1).astype(float), "pred": flat_p.sum(axis=1).astype(float),
-            "true": flat_t.sum(axis=1).astype(float),
-            "lesions": np.bincount(t_owner, minlength=n).astype(float),
-            "detected": np.bincount(t_owner, weights=detected[1:], minlength=n),
-            "fp": np.bincount(p_owner, weights=~touches[1:], minlength=n),
-            "slices": np.ones(n)}
-
-
-def unit_sums(counts: dict[str, np.ndarray], unit: np.ndarray) -> np.ndarray:
-    """(n_units, 8) sums per resampling unit: tp / pred / true over lesion slices, lesions, detected,
-    fp, slices, and whether the unit holds a lesion. `unit`: (N,) indices 0..n_units-1."""
-    les = counts["true"] > 0
-    n_units = int(unit.max()) + 1 if len(unit) else 0
-    cols = [counts["tp"] * les, counts["pred"] * les, counts["true"], counts["lesions"], counts["detected"],
-            counts["fp"], counts["slices"]]
-    sums = np.stack([np.bincount(unit, weights=c, minlength=n_units) for c in cols], axis=1)
-    return np.concatenate([sums, (sums[:, 2] > 0)[:, None].astype(float)], axis=1)
-
-
-def metrics_from_sums(sums: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
-    """The four metrics per seed and per row of `weights` (n_resamples, n_units: how often each unit
-    is drawn). `sums` (n_seeds, n_units, 8) from `unit_sums`; returns (n_seeds, n_resamples) arrays,
-    NaN where a resample holds no lesion."""
-    tot = np.einsum("bu,suk->sbk", weights, sums)
-    has_lesion = sums[0, :, 7]
+def metric_cells(sums: np.ndarray, metric: str) -> np.ndarray:
+    """(n_seeds, n_units') cell values whose mean is the seed mean of `metric`: per-unit Dice for
+    `subject_dice` (units with lesions); for a pooled ratio R_j = sum N / sum D of seed j, the linearised
+    pseudo-values R_j + n (N_ju - R_j D_ju) / sum_u D_ju over the units that can hold its denominator
+    (units with lesions for dice and sensitivity, all units for fp_per_slice). `sums`: (n_seeds,
+    n_units, 8) `unit_sums` of the arm's segmenters."""
+    has = sums[0, :, _COL["has_lesion"]] > 0
     with np.errstate(invalid="ignore", divide="ignore"):
-        per_unit_dice = np.where(has_lesion > 0, 2 * sums[..., 0] / np.maximum(sums[..., 1] + sums[..., 2], 1), 0.0)
-        return {"dice": 2 * tot[..., 0] / (tot[..., 1] + tot[..., 2]),
-                "sensitivity": tot[..., 4] / tot[..., 3],
-                "fp_per_slice": tot[..., 5] / tot[..., 6],
-                "subject_dice": np.einsum("bu,su->sb", weights, per_unit_dice) / (weights @ has_lesion)}
+        if metric == "subject_dice":
+            s = sums[:, has]
+            return 2 * s[..., _COL["tp"]] / (s[..., _COL["pred"]] + s[..., _COL["true"]])
+        num_cols, den_cols, factor = _RATIOS[metric]
+        s = sums if metric == "fp_per_slice" else sums[:, has]
+        num = factor * s[..., list(num_cols)].sum(axis=-1)
+        den = s[..., list(den_cols)].sum(axis=-1)
+        ratio = num.sum(axis=1) / den.sum(axis=1)
+        return ratio[:, None] + s.shape[1] * (num - ratio[:, None] * den) / den.sum(axis=1)[:, None]
 
 
-def bootstrap_weights(n_units: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_boot, n_units) draw counts of resampling units with replacement."""
-    draws = rng.integers(0, n_units, size=(n_boot, n_units))
-    return np.stack([np.bincount(d, minlength=n_units) for d in draws]).astype(float)
-
-
-def _summary(per_seed: np.ndarray, boot: np.ndarray, seed_weights: np.ndarray) -> dict:
-    """value = seed mean; CI = percentiles over resamples of subjects and, jointly, of seeds (so the CI
-    holds training randomness too: single segmenters of one arm differ by ~0.05-0.1 Dice); per-seed values.
-
-    `boot` (n_seeds, n_boot) per-seed values on each subject resample; `seed_weights` (n_boot, n_seeds)."""
-    with np.errstate(invalid="ignore"):
-        boot = (seed_weights * boot.T).sum(axis=1) / seed_weights.sum(axis=1)
-    b = boot[np.isfinite(boot)]
-    value = float(np.mean(per_seed)) if np.isfinite(per_seed).all() else None
-    return {"value": value, "ci_low": float(np.percentile(b, 2.5)) if len(b) else None,
-            "ci_high": float(np.percentile(b, 97.5)) if len(b) else None,
-            "seeds": [None if not math.isfinite(v) else float(v) for v in per_seed]}
+def _summary(cells: np.ndarray) -> dict:
+    """value = seed mean, its crossed CI, the standard error and df, and the per-seed values."""
+    rec = crossed_interval(cells)
+    per_seed = cells.mean(axis=1) if cells.size else np.full(len(cells), np.nan)
+    rec["seeds"] = [None if not math.isfinite(v) else float(v) for v in per_seed]
+    return rec
 
 
 # ------------------------------------------------------------------------------------------ arms
-def arm_training_sets(train_subject: np.ndarray | None, n_train: int, n_synth: int, cfg,
-                      rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """arm -> (real slice indices, synthetic slice indices) into the real training and synthetic sets."""
-    ratio = float(cfg.utility_synthetic_ratio)
-    synth_order = rng.permutation(n_synth)  # one fixed order: smaller arms take a prefix of the same slices
+def _ratio_name(r: float) -> str:
+    return f"x{float(r):g}"
 
-    def synth_for(n_real: int) -> np.ndarray:
+
+def arm_training_sets(fit: np.ndarray, subject: np.ndarray | None, has_lesion: np.ndarray, n_synth: int, cfg,
+                      rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """arm -> (real slice indices into the real training set, synthetic slice indices). `fit`: the real
+    training rows left after the validation carve; `subject`, `has_lesion`: per real training row."""
+    synth_order = rng.permutation(n_synth)  # one fixed order: smaller arms take a prefix of the same slices
+    empty = np.array([], dtype=np.int64)
+
+    def synth_for(n_real: int, ratio: float) -> np.ndarray:
         return np.sort(synth_order[:min(n_synth, max(1, int(round(ratio * n_real))))])
 
-    real_all = np.arange(n_train)
-    arms = {"real": (real_all, np.array([], dtype=np.int64)),
-            "synthetic": (np.array([], dtype=np.int64), synth_for(n_train)),
-            "real_plus_synthetic": (real_all, synth_for(n_train))}
-    if cfg.utility_real_fractions:
-        units = train_subject if train_subject is not None else real_all
-        uniq = np.unique(units)
-        unit_order = rng.permutation(len(uniq))
-        for f in cfg.utility_real_fractions:
-            keep = uniq[unit_order[:max(1, int(round(float(f) * len(uniq))))]]
-            real_f = np.flatnonzero(np.isin(units, keep))
-            name = f"real_{round(100 * float(f))}pct"
-            arms[name] = (real_f, np.array([], dtype=np.int64))
-            arms[f"{name}_plus_synthetic"] = (real_f, synth_for(len(real_f)))
+    ratios = [(float(cfg.utility_synthetic_ratio), "")]
+    ratios += [(float(r), f"_{_ratio_name(r)}") for r in cfg.utility_synthetic_ratios
+               if float(r) != float(cfg.utility_synthetic_ratio)]  # that ratio is the plain _plus_synthetic arm
+
+    def with_synthetic(name: str, real: np.ndarray) -> dict:
+        return {f"{name}_plus_synthetic{suffix}": (real, synth_for(len(real), r)) for r, suffix in ratios}
+
+    arms = {"real": (fit, empty), "synthetic": (empty, np.sort(synth_order))}
+    arms.update(with_synthetic("real", fit))
+    units = subject[fit] if subject is not None else fit
+    for f in cfg.utility_real_fractions:
+        # stratified: the fraction of the subjects with lesions and of those without, so the arm sees lesions
+        with_lesion = np.unique(units[has_lesion[fit]])
+        groups = (with_lesion, np.setdiff1d(np.unique(units), with_lesion))
+        keep = np.concatenate([g[rng.permutation(len(g))[:max(1, int(round(float(f) * len(g))))]]
+                               for g in groups if len(g)])
+        real_f = fit[np.isin(units, keep)]
+        name = f"real_{round(100 * float(f))}pct"
+        arms[name] = (real_f, empty)
+        arms.update(with_synthetic(name, real_f))
     return arms
+
+
+def _difference_pairs(arms) -> list[tuple[str, str]]:
+    pairs = list(DIFFERENCES)
+    for a in arms:
+        if "_plus_synthetic" in a:
+            base = a.split("_plus_synthetic")[0]
+            if (a, base) not in pairs:
+                pairs.append((a, base))
+    return [(a, r) for a, r in pairs if a in arms and r in arms]
 
 
 def _examples(test, preds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -319,50 +201,56 @@ def _examples(test, preds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def _settings(cfg) -> SimpleNamespace:
-    """The training settings as a plain picklable object (worker processes get it, not the config)."""
-    return SimpleNamespace(**{k: (list(v) if k == "utility_widths" else v) for k, v in
-                              ((k, getattr(cfg, k)) for k in ("utility_widths", "utility_steps", "utility_batch_size",
-                                                              "utility_lr", "utility_crop",
-                                                              "utility_lesion_fraction"))})
+# ------------------------------------------------------------------------------------- training
+_POOL: dict = {}  # per worker process: the training pools, validation and test images, sent once
 
 
-_POOL: dict = {}  # per worker process: the training pools and test images, sent once by the initializer
-
-
-def _init_worker(train_images, train_masks, synth_images, synth_masks, test_images) -> None:
+def _init_worker(train_images, train_masks, synth_images, synth_masks, val_images, val_masks, test_images) -> None:
     import torch
 
     torch.set_num_threads(1)
-    _POOL.update(train=(train_images, train_masks), synth=(synth_images, synth_masks), test=test_images)
+    _POOL.update(train=(train_images, train_masks), synth=(synth_images, synth_masks),
+                 val=(val_images, val_masks), test=test_images)
 
 
-def _fit_predict(real_idx, synth_idx, settings, seed: int) -> tuple[np.ndarray, float]:
-    """One segmenter on the arm's slices, its predictions on the test images, and its seconds."""
+def _fit_predict(real_idx, synth_idx, settings, seed: int) -> tuple[np.ndarray, dict, float]:
+    """One segmenter on the arm's slices, its predictions on the test images, its record and seconds."""
     t0 = time.perf_counter()
-    (ti, tm), (si, sm) = _POOL["train"], _POOL["synth"]
+    (ti, tm), (si, sm), (vi, vm) = _POOL["train"], _POOL["synth"], _POOL["val"]
     images = np.concatenate([ti[real_idx], si[synth_idx]]).astype(np.float32, copy=False)
     masks = np.concatenate([tm[real_idx], sm[synth_idx]]).astype(bool, copy=False)
-    pred = predict(train_segmenter(images, masks, settings, seed), _POOL["test"])
-    return pred, time.perf_counter() - t0
+    net, record = train_segmenter(images, masks, settings, seed, vi, vm)
+    record.pop("curve", None)
+    return predict_masks(net, _POOL["test"]), record, time.perf_counter() - t0
 
 
-def _train_all(train, synth, test, arms: dict, seeds: list[int], cfg, finished) -> None:
-    """Every (arm, seed) segmenter; `finished(arm, preds by seed, seconds)` as each arm completes.
+def _train_all(pools: tuple, arms: dict, seeds: list[int], settings, workers: int, finished,
+               done: dict | None = None) -> None:
+    """Every (arm, seed) segmenter; `finished(arm, [(pred, record)] by seed, seconds)` as each arm
+    completes. `done`: {(arm, seed index): (pred, record)} already available (not trained again).
 
-    With `utility_workers` > 1 the segmenters train in that many processes, one torch thread each (small
+    With `workers` > 1 the segmenters train in that many processes, one torch thread each (small
     convolutions gain little from intra-op threads); results do not depend on the number of workers."""
-    settings = _settings(cfg)
-    pools = (train.images, train.masks, synth.images, synth.masks, test.images)
-    jobs = [(arm, k, seed) for arm in arms for k, seed in enumerate(seeds)]
-    workers = min(int(cfg.utility_workers), len(jobs))
+    done = done or {}
+    jobs = [(arm, k, seed) for arm in arms for k, seed in enumerate(seeds) if (arm, k) not in done]
+    workers = min(int(workers), len(jobs))
+    results: dict[str, dict[int, tuple]] = {arm: {} for arm in arms}
+    for (arm, k), (pred, record) in done.items():
+        results[arm][k] = (pred, record, 0.0)
+
+    def report(arm):
+        out = [results[arm][k] for k in range(len(seeds))]
+        finished(arm, [(p, r) for p, r, _ in out], sum(t for _, _, t in out))
+
     if workers <= 1:
         with one_torch_thread():
             _init_worker(*pools)
             try:
                 for arm in arms:
-                    out = [_fit_predict(*arms[arm], settings, seed) for seed in seeds]
-                    finished(arm, [p for p, _ in out], sum(t for _, t in out))
+                    for arm_, k, seed in jobs:
+                        if arm_ == arm:
+                            results[arm][k] = _fit_predict(*arms[arm], settings, seed)
+                    report(arm)
             finally:
                 _POOL.clear()
         return
@@ -371,26 +259,36 @@ def _train_all(train, synth, test, arms: dict, seeds: list[int], cfg, finished) 
 
     # spawn, not fork: forking a process whose OpenMP runtime is initialised can deadlock the child
     ctx = multiprocessing.get_context("spawn")
-    results: dict[str, dict[int, tuple[np.ndarray, float]]] = {arm: {} for arm in arms}
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=pools) as pool:
         futures = {pool.submit(_fit_predict, *arms[arm], settings, seed): (arm, k) for arm, k, seed in jobs}
         for arm in arms:  # report arms in order, as soon as each is complete
             for fut, (a, k) in futures.items():
                 if a == arm:
                     results[arm][k] = fut.result()
-            out = [results[arm][k] for k in range(len(seeds))]
-            finished(arm, [p for p, _ in out], sum(t for _, t in out))
+            report(arm)
 
 
+def _reference_matches(reference, train, settings, seed: int) -> bool:
+    """Whether a given reference segmenter was trained exactly as the real arm's first seed here."""
+    if reference is None:
+        return False
+    info = reference.info
+    return (info.get("settings") == settings.as_dict() and info.get("seed") == seed
+            and info.get("data_digest") == data_digest(train.images, train.masks, train.subject))
+
+
+# ------------------------------------------------------------------------------------------ main
 def run_utility(train, synth, test, cfg, progress: Callable[[str], None] | None = None,
-                arms: Sequence[str] | None = None) -> dict:
+                arms: Sequence[str] | None = None, reference: Segmenter | None = None) -> dict:
     """Train every arm's segmenters and score them on `test`.
 
-    `train`, `synth`, `test`: `runner.ImageSet`s with masks (train: real training slices; test: the
-    held-out real slices, with subject ids when known). `cfg`: the diagnostics section. Returns
-    {"arms", "differences", "verdict", "synthetic_has_lesions", "test", "settings", "seconds",
+    `train`, `synth`, `test`: `runner.ImageSet`s with masks (train: real training slices, with subject ids
+    when known; test: the held-out real slices). `cfg`: the diagnostics section. Returns {"arms",
+    "differences", "verdict", "synthetic_has_lesions", "validation", "test", "settings", "seconds",
     "examples"} (examples: arrays for the report; the rest is plain JSON-able data). `arms` restricts
-    the arms trained (default: all); an arm's numbers do not depend on which others run.
+    the arms trained (default: all); an arm's numbers do not depend on which others run. `reference`:
+    a `segmentation.Segmenter` (`reference_segmenter`) for the same training set and settings; when it
+    matches, it is the `real` arm's first segmenter (not trained again).
     """
     for role, s in (("real training", train), ("synthetic", synth), ("real test", test)):
         if s.masks is None:
@@ -405,72 +303,83 @@ def run_utility(train, synth, test, cfg, progress: Callable[[str], None] | None 
     if not train.masks.any():
         raise UserError(f"{train.source.get('path', 'real training set')}: no lesions in the real training "
                         "slices; utility needs a real arm that has seen lesions")
-    rng = np.random.default_rng(int(cfg.seed))
-    all_arms = arm_training_sets(train.subject, len(train), len(synth), cfg, rng)
+    settings = settings_from_config(cfg)
+    seeds = [int(cfg.seed) + s for s in range(int(cfg.utility_seeds))]
+    fit, val = split_for_validation(train.masks, train.subject, settings, int(cfg.seed))
+    has_lesion = train.masks.reshape(len(train), -1).any(axis=1)
+    all_arms = arm_training_sets(fit, train.subject, has_lesion, len(synth), cfg, np.random.default_rng(int(cfg.seed)))
     unknown = sorted(set(arms or ()) - set(all_arms))
     if unknown:
         raise UserError(f"utility: unknown arm(s) {', '.join(unknown)}; choose from {', '.join(all_arms)}")
     arms = {k: v for k, v in all_arms.items() if arms is None or k in arms}
-    seeds = [int(cfg.seed) + s for s in range(int(cfg.utility_seeds))]
 
-    # resampling units of the test set: subjects when known, else slices
+    # units of the test set: subjects when known, else slices
     if test.subject is not None:
         uniq, unit = np.unique(test.subject, return_inverse=True)
         unit_desc = f"subjects ({len(uniq)})"
     else:
         uniq, unit = np.arange(len(test)), np.arange(len(test))
         unit_desc = "slices (no subject ids)"
-    # a stream of its own: runs scored on the same test set share their resamples, whatever the arms
-    boot_rng = np.random.default_rng([int(cfg.seed), 1])
-    weights = np.vstack([np.ones((1, len(uniq))), bootstrap_weights(len(uniq), int(cfg.n_bootstrap), boot_rng)])
-    seed_weights = bootstrap_weights(len(seeds), int(cfg.n_bootstrap), boot_rng)  # seeds resampled too
+
+    done = {}
+    if "real" in arms and _reference_matches(reference, train, settings, seeds[0]):
+        done[("real", 0)] = (reference.predict(test.images), dict(reference.info["training"]))
 
     sums: dict[str, np.ndarray] = {}
+    records: dict[str, list[dict]] = {}
     seconds: dict[str, float] = {}
     first_preds: dict[str, np.ndarray] = {}
-    def finished(arm: str, preds: list[np.ndarray], secs: float) -> None:
-        first_preds[arm] = preds[0]
-        sums[arm] = np.stack([unit_sums(slice_counts(p, test.masks), unit) for p in preds])
+
+    def finished(arm: str, out: list[tuple[np.ndarray, dict]], secs: float) -> None:
+        first_preds[arm] = out[0][0]
+        sums[arm] = np.stack([unit_sums(slice_counts(p, test.masks), unit) for p, _ in out])
+        records[arm] = [r for _, r in out]
         seconds[arm] = secs
         if progress:
-            d = metrics_from_sums(sums[arm], weights[:1])["dice"][:, 0]
+            d = [metrics_from_sums(s)["dice"] for s in sums[arm]]
             real_idx, synth_idx = arms[arm]
-            progress(f"  utility {arm:<28} {len(real_idx):5d} real + {len(synth_idx):5d} synthetic slices, "
-                     f"Dice {np.mean(d):.3f} ({secs:.1f} s of training)")
+            progress(f"  utility {arm:<30} {len(real_idx):5d} real + {len(synth_idx):5d} synthetic slices, "
+                     f"Dice {np.mean(d):.3f}, steps {'/'.join(str(r['steps']) for r in records[arm])} "
+                     f"({secs:.1f} s of training)")
 
-    _train_all(train, synth, test, arms, seeds, cfg, finished)
+    pools = (train.images, train.masks, synth.images, synth.masks, train.images[val], train.masks[val], test.images)
+    _train_all(pools, arms, seeds, settings, int(cfg.utility_workers), finished, done)
 
-    # metric arrays (n_seeds, 1 + n_boot): column 0 is the full test set, the rest the resamples
-    values = {arm: metrics_from_sums(s, weights) for arm, s in sums.items()}
     out_arms = {}
     for arm, (real_idx, synth_idx) in arms.items():
+        recs = records[arm]
         rec = {"n_real": int(len(real_idx)), "n_synthetic": int(len(synth_idx)),
                "n_lesion_slices": int(train.masks[real_idx].any(axis=(1, 2)).sum()
-                                      + synth.masks[synth_idx].any(axis=(1, 2)).sum())}
+                                      + synth.masks[synth_idx].any(axis=(1, 2)).sum()),
+               "steps": [int(r["steps"]) for r in recs], "best_steps": [int(r["best_step"]) for r in recs],
+               "val_dice": [None if r["val_dice"] is None else float(r["val_dice"]) for r in recs],
+               "converged": all(bool(r["converged"]) for r in recs),
+               "converged_seeds": [r["converged"] for r in recs]}
         for m in METRICS:
-            v = values[arm][m]
-            rec[m] = _summary(v[:, 0], v[:, 1:], seed_weights)
+            rec[m] = _summary(metric_cells(sums[arm], m))
         out_arms[arm] = rec
-    pairs = list(DIFFERENCES) + [(a, a.removesuffix("_plus_synthetic")) for a in arms
-                                 if a.endswith("pct_plus_synthetic")]
     differences = {}
-    for arm, ref in [(a, r) for a, r in pairs if a in arms and r in arms]:
-        diff = {}
-        for m in METRICS:
-            d = values[arm][m] - values[ref][m]  # same seeds, same resamples: paired
-            diff[m] = _summary(d[:, 0], d[:, 1:], seed_weights)
-        differences[f"{arm} - {ref}"] = diff
+    for arm, ref in _difference_pairs(arms):
+        differences[f"{arm} - {ref}"] = {  # same seeds, same test units: paired cells
+            m: _summary(metric_cells(sums[arm], m) - metric_cells(sums[ref], m)) for m in METRICS}
     synth_has_lesions = bool(synth.masks.any())
     result = {
         "arms": out_arms, "differences": differences, "synthetic_has_lesions": synth_has_lesions,
+        "validation": {"n_slices": int(len(val)), "n_lesion_slices": int(has_lesion[val].sum()),
+                       "n_subjects": None if train.subject is None else int(len(np.unique(train.subject[val]))),
+                       "n_fit_slices": int(len(fit))},
         "test": {"n_slices": len(test), "n_lesion_slices": int(test.masks.any(axis=(1, 2)).sum()),
-                 "n_lesions": int(next(iter(sums.values()))[0, :, 3].sum()),
+                 "n_lesions": int(next(iter(sums.values()))[0, :, _COL["lesions"]].sum()),
                  "resampling_unit": unit_desc},
-        "settings": {"seeds": seeds, "steps": int(cfg.utility_steps), "batch_size": int(cfg.utility_batch_size),
-                     "lr": float(cfg.utility_lr), "widths": [int(w) for w in cfg.utility_widths],
-                     "lesion_fraction": float(cfg.utility_lesion_fraction),
-                     "synthetic_ratio": float(cfg.utility_synthetic_ratio), "n_bootstrap": int(cfg.n_bootstrap),
-                     "image_size": list(test.images.shape[2:])},
+        "settings": {"seeds": seeds, "steps": int(cfg.utility_steps), "max_steps": int(cfg.utility_steps),
+                     "eval_every": settings.eval_every, "patience": settings.patience,
+                     "val_fraction": settings.val_fraction, "batch_size": settings.batch_size,
+                     "lr": settings.lr, "widths": list(settings.widths), "lesion_fraction": settings.lesion_fraction,
+                     "synthetic_ratio": float(cfg.utility_synthetic_ratio),
+                     "synthetic_ratios": [float(r) for r in cfg.utility_synthetic_ratios],
+                     "real_fractions": [float(f) for f in cfg.utility_real_fractions],
+                     "interval": "t, crossed subjects x seeds (two-way ANOVA, Satterthwaite df)",
+                     "reference_reused": bool(done), "image_size": list(test.images.shape[2:])},
         "seconds": seconds,
     }
     result["verdict"] = verdict(result)
@@ -483,8 +392,12 @@ def _f2(v) -> str:
     return "n/a" if v is None else f"{v:.2f}"
 
 
+def _change(d: dict | None) -> str:
+    return "n/a" if d is None else f"{_f2(d['value'])} (95% CI {_f2(d['ci_low'])} to {_f2(d['ci_high'])})"
+
+
 def verdict(result: dict) -> str:
-    """One sentence on what the synthetic set did to Dice on held-out real subjects."""
+    """What the synthetic set did to Dice on held-out real subjects, in a sentence or two."""
     arms, diffs = result["arms"], result["differences"]
 
     def dice(arm):
@@ -492,19 +405,25 @@ def verdict(result: dict) -> str:
 
     real, syn, both = dice("real"), dice("synthetic"), dice("real_plus_synthetic")
     gain = diffs.get("real_plus_synthetic - real", {}).get("dice")
-    change = "" if gain is None else (f" and adding it to the real data changed Dice by {_f2(gain['value'])} "
-                                      f"(95% CI {_f2(gain['ci_low'])} to {_f2(gain['ci_high'])})")
+    scarce = [(ref, d["dice"]) for key, d in diffs.items() for arm, ref in [key.split(" - ")]
+              if ref.endswith("pct") and arm == f"{ref}_plus_synthetic"]
+    extra = "".join(f"; with {ref.removeprefix('real_').removesuffix('pct')}% of the real subjects it changed "
+                    f"Dice by {_change(d)}" for ref, d in scarce)
+    capped = [a for a, r in arms.items() if not r.get("converged", True)]
+    note = (f" (not converged within {result.get('settings', {}).get('max_steps')} steps: {', '.join(capped)})"
+            if capped else "")
     if not result["synthetic_has_lesions"]:
+        change = "" if gain is None else f" and adding it to the real data changed Dice by {_change(gain)}"
         return (f"The synthetic set carries no lesions, so it cannot teach a segmenter to find them: trained on "
                 f"it alone a segmenter reached Dice {_f2(syn)} on held-out real subjects (real-trained "
-                f"{_f2(real)}){change}.")
+                f"{_f2(real)}){change}{extra}.{note}")
     alone = f"trained on synthetic alone a segmenter reached {_f2(syn)} on held-out real subjects"
     if gain is None:
-        return f"Real-trained Dice {_f2(real)}; {alone}."
+        return f"Real-trained Dice {_f2(real)}; {alone}{extra}.{note}"
     g, lo, hi = gain["value"] or 0.0, gain["ci_low"], gain["ci_high"]
     unsure = "" if lo is None or hi is None or lo > 0 or hi < 0 else ", a change the CI does not tell from none"
     return (f"Synthetic data {'added' if g >= 0 else 'cost'} {abs(g):.2f} Dice (95% CI {_f2(lo)} to {_f2(hi)})"
-            f"{unsure}: real-trained {_f2(real)}, real + synthetic {_f2(both)}; {alone}.")
+            f"{unsure}: real-trained {_f2(real)}, real + synthetic {_f2(both)}; {alone}{extra}.{note}")
 
 
 # ------------------------------------------------------------------------------------ flat views
@@ -525,7 +444,7 @@ def metric_records(result: dict) -> dict[str, dict]:
 
 
 def csv_rows(result: dict) -> list[dict]:
-    """One row per (arm or difference, metric)."""
+    """One row per (arm or difference, metric); arm rows carry the steps each seed used and convergence."""
     rows = []
     for kind, table in (("arm", result["arms"]), ("difference", result["differences"])):
         for name, rec in table.items():
@@ -534,5 +453,7 @@ def csv_rows(result: dict) -> list[dict]:
                 rows.append({"kind": kind, "arm": name, "metric": m, "value": r["value"], "ci_low": r["ci_low"],
                              "ci_high": r["ci_high"],
                              "seeds": ";".join("" if v is None else f"{v:.6g}" for v in r["seeds"]),
-                             "n_real": rec.get("n_real"), "n_synthetic": rec.get("n_synthetic")})
+                             "n_real": rec.get("n_real"), "n_synthetic": rec.get("n_synthetic"),
+                             "steps": ";".join(str(s) for s in rec.get("steps", [])),
+                             "converged": rec.get("converged")})
     return rows
