@@ -12,7 +12,8 @@ from scipy.ndimage import gaussian_filter
 
 from jsddpm.cli import main
 
-FAST = ["diagnostics.n_bootstrap=10", "diagnostics.n_null_repeats=4"]
+FAST = ["diagnostics.n_bootstrap=10", "diagnostics.n_null_repeats=4", "diagnostics.utility_steps=6",
+        "diagnostics.utility_eval_every=2"]  # pairing's reference segmenter: a few steps
 
 
 def _blurred_generation(demo_cache, folder: Path) -> Path:

@@ -90,8 +90,11 @@ def test_severity_score_mapping_and_relative_severity():
 
 def test_identical_sets_score_zero_and_every_difference_metric_is_ideal(demo_cache):
     real = _cache_set(demo_cache)
-    res = run_diagnostics(real, real, _cfg(), families=load_families(skip=["classifier"]), progress=None,
-                          strict=True)
+    # pairing needs a reference segmenter: any predictor scores identical sets alike (a threshold stands in
+    # for a trained one); utility, which would train segmenters of its own, has no severity component
+    threshold = SimpleNamespace(predict=lambda images: images[:, 0] > 0.6, info={"source": "stand-in"})
+    res = run_diagnostics(real, real, _cfg(), families=load_families(skip=["classifier", "utility"]), progress=None,
+                          strict=True, real_train=lambda: real, segmenter=lambda: threshold)
     m = res["metrics"]
     assert res["severity"]["severity"] == 0.0
     assert not res["severity"]["missing"]
@@ -99,7 +102,7 @@ def test_identical_sets_score_zero_and_every_difference_metric_is_ideal(demo_cac
                  "pixel_frac_significant", "ks_all"):
         assert m[name]["value"] == pytest.approx(0.0, abs=1e-9), name
     for name in ("wavelet_hh_l1_ratio", "wavelet_hl_l1_ratio", "gradient_ratio", "spatial_corr_ratio",
-                 "boundary_sharpness_ratio"):
+                 "boundary_sharpness_ratio", "pairing_dice_ratio", "lesion_contrast_ratio"):
         assert m[name]["value"] == pytest.approx(1.0, abs=1e-9), name
     assert res["resampling"]["real"] == "subjects (10)"
     assert res["zbins"]["spectral_slope_diff"]  # z-bins known -> per-bin breakdown

@@ -13,7 +13,8 @@ from jsddpm.diagnostics import metric_doc
 ROOT = Path(__file__).resolve().parents[1]
 TINY_DIAGNOSTICS = ["diagnostics.n_bootstrap=2", "diagnostics.n_null_repeats=2", "diagnostics.classifier_epochs=1",
                     "diagnostics.classifier_folds=2", "diagnostics.classifier_permutations=10",
-                    "diagnostics.skip=[utility]"]  # utility has no metrics of its own (tested in its file)
+                    "diagnostics.skip=[utility]",  # utility has no metrics of its own (tested in its file)
+                    "diagnostics.utility_steps=6", "diagnostics.utility_eval_every=2"]  # pairing's segmenter
 
 
 def test_docs_metrics_md_is_the_generated_reference():

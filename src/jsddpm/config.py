@@ -270,6 +270,11 @@ class DiagnosticsConfig:
     utility_synthetic_ratios: list[float] = field(default_factory=list)
     # extra arms (with and without synthetic) on these fractions of the real training subjects, e.g. [0.25, 0.5]
     utility_real_fractions: list[float] = field(default_factory=list)
+    # pairing (run-all family): folder of the reference lesion segmenter (trained on utility_train_split with
+    # the utility_* settings): loaded from it when it holds the one of this cache and settings, else trained
+    # and stored there; "" = stored in the run's output folder (a synthetic set's generation folder holding
+    # the file is used first, so that pairing and generation's fidelity scores come from one segmenter)
+    segmenter_dir: str = ""
 
 
 # ------------------------------------------------------------------------------------- root

@@ -9,8 +9,8 @@
     metric_doc.py  the metric reference; generates docs/metrics.md
 
 Family modules are pure arrays -> dicts (spectral, wavelet, texture, boundary, background, spatial,
-pixel, intensity, morphology, memorization, feature_distance: features / compare; classifier and
-utility: trained networks); `common` holds their shared containers and helpers, `regions` the brain /
+pixel, intensity, morphology, memorization, feature_distance: features / compare; classifier, utility
+and pairing: trained networks); `common` holds their shared containers and helpers, `regions` the brain /
 background / lesion definitions, `severity` the null-calibrated severity, `aggregate` and `criteria`
 the cross-experiment tables and the validation protocol. Only sets.py and stage.py touch files.
 """

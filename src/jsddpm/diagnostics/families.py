@@ -11,10 +11,11 @@ An entry (`Family`) says
 - how it runs, one of
   - `module`: a pure module with `features` / `compare` [/ `detail`] (a resampled family: the runner
     computes the features once per set and re-runs `compare` for the bootstrap CI and the null);
-  - `run(sets, cfg, progress) -> FamilyResult`: a trained family's whole run (classifier, utility).
-    It may return metrics (with or without CI / null), figure data, a record of its own
-    (diagnostics.json[name]), extra output files and example arrays for the report; a `UserError`
-    it raises means "cannot run on these sets" and skips it;
+  - `run(sets, cfg, progress) -> FamilyResult`: a trained family's whole run (classifier, utility,
+    pairing). It may return metrics (with or without CI / null), per-sample features for the runner to
+    resample like a resampled family's (`Resample`: pairing's per-pair scores), figure data, a record of
+    its own (diagnostics.json[name]), extra output files and example arrays for the report; a
+    `UserError` it raises means "cannot run on these sets" and skips it;
 - `section(view) -> Section`: its part of the report (default `metric_section`: the findings, its
   figure, a table of its numbers).
 
@@ -38,6 +39,7 @@ from ..errors import UserError
 if TYPE_CHECKING:
     import numpy as np
 
+    from .common import Features
     from .report_html import Section, SectionInput
     from .sets import ImageSet, Sets
 
@@ -49,10 +51,25 @@ UNMET = {MASKS: "no lesion masks (image-only data)",
 
 
 @dataclass
+class Resample:
+    """Per-sample features a trained family computed (pairing: per-pair scores from its segmenter's
+    predictions), for the runner to compare like a resampled family's: `module.compare` for the value,
+    bootstrap CIs and the real-vs-real null, resampling the units of `real_set` / `synthetic_set` (the
+    sets the features' rows come from, in order: subjects or slices, runner.resampling_unit)."""
+
+    module: ModuleType  # with compare(real, synth, cfg) -> {name: metric}
+    real: Features
+    synthetic: Features
+    real_set: ImageSet
+    synthetic_set: ImageSet
+
+
+@dataclass
 class FamilyResult:
     """What a family's run returns; the runner adds the family's status and files everything."""
 
     metrics: dict[str, dict] = field(default_factory=dict)  # name -> {"value", "real", "synthetic", ...}
+    resample: Resample | None = None  # features whose compare the runner resamples (metrics added to `metrics`)
     detail: dict | None = None  # figure data: figure_data.json[name], drawn by the section
     record: dict | None = None  # a JSON record of its own: diagnostics.json[name]
     files: dict[str, str] = field(default_factory=dict)  # extra output files: file name -> text
@@ -183,6 +200,49 @@ def run_utility(sets: Sets, cfg, progress=None) -> FamilyResult:
                         summary=result["verdict"])
 
 
+def pairing_section(view: SectionInput) -> Section:
+    from . import report_figures, report_html
+
+    figures = report_figures.pairing_figures(view.detail or {}, view.examples)
+    return report_html.Section(view.title, report_html.pairing_section_body(view, figures), figures)
+
+
+def run_pairing(sets: Sets, cfg, progress=None) -> FamilyResult:
+    """Family 14: the reference segmenter's agreement with each synthetic mask (fidelity) against its
+    agreement with held-out real masks, and the lesion contrast under the masks (pairing.py)."""
+    import numpy as np
+
+    from . import pairing
+    from .common import csv_text
+
+    real, synth = sets.real, sets.synthetic
+    if not real.masks.any():
+        raise UserError(f"{real.source.get('path', 'real set')}: no lesions in the real slices; pairing needs "
+                        "held-out real lesions for its ceiling (choose another --real-split)")
+    segmenter = sets.reference_segmenter(cfg, progress)
+    ev_real = pairing.evaluate(real.images, real.masks, segmenter.predict, cfg)
+    ev_synth = pairing.evaluate(synth.images, synth.masks, segmenter.predict, cfg, synth.zbin, synth.label)
+    info = segmenter.info
+    record = {"segmenter": {k: info.get(k) for k in ("path", "key", "source", "cache_fingerprint", "split", "seed",
+                                                      "settings", "n_fit", "n_val", "seconds")},
+              "n_pairs": {"real": len(ev_real["lesion"]), "synthetic": len(ev_synth["lesion"])}}
+    record["segmenter"]["training"] = {k: (info.get("training") or {}).get(k)
+                                       for k in ("steps", "best_step", "val_dice", "converged")}
+    res = FamilyResult(record=record, files={"pairing.csv": csv_text(ev_synth["rows"])},
+                       detail=pairing.detail(ev_real, ev_synth),
+                       examples=pairing.worst_pairs(synth.images, synth.masks, ev_synth),
+                       status={"n_pairs": record["n_pairs"], "segmenter": info.get("source")})
+    if len(ev_synth["lesion"]):
+        res.resample = Resample(pairing, ev_real["features"], ev_synth["features"], real.take(ev_real["lesion"]),
+                                synth.take(ev_synth["lesion"]))
+    else:  # no lesion pair: the synthetic side is absent (severity: a maximal deviation)
+        res.metrics = pairing.absent_metrics(ev_real["features"])
+    d = np.mean(ev_synth["fidelity"][ev_synth["lesion"]]) if len(ev_synth["lesion"]) else float("nan")
+    res.summary = (f"{len(ev_synth['lesion'])} synthetic lesion pairs, fidelity {d:.3f} "
+                   f"(real {np.mean(ev_real['fidelity'][ev_real['lesion']]):.3f}); segmenter {info.get('source')}")
+    return res
+
+
 # ---------------------------------------------------------------------------------- registry
 FAMILIES: tuple[Family, ...] = (
     Family("spectral", "1. Power spectrum", module="spectral"),
@@ -199,6 +259,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("feature_distance", "12. Feature distances (KID, FD)", module="feature_distance"),
     Family("utility", "13. Utility (lesion segmenters trained on real / synthetic / both)",
            frozenset({MASKS, REAL_TRAIN}), run=run_utility, section=utility_section),
+    Family("pairing", "14. Pairing (does the image agree with its mask)", frozenset({MASKS, REAL_TRAIN}),
+           run=run_pairing, section=pairing_section),
 )
 BY_NAME = {f.name: f for f in FAMILIES}
 NAMES = tuple(BY_NAME)

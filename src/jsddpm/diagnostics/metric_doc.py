@@ -165,6 +165,24 @@ METRICS: dict[str, list[MetricDoc]] = {
         MetricDoc("fd", "Frechet distance between Gaussians fitted to the same features", "0 (small positive at "
                   "finite sizes)"),
     ],
+    "pairing": [
+        MetricDoc("pairing_dice", "mean per-pair Dice of the reference lesion segmenter's prediction (trained on the "
+                  "real cache's `diagnostics.utility_train_split`, stored as segmenter-<key>.pt) against the mask, "
+                  "over the synthetic pairs whose mask holds a lesion (each pair's value: `fidelity` in pairing.csv)",
+                  "`pairing_dice_real`", "pairing"),
+        MetricDoc("pairing_dice_real", "the same on the held-out real lesion slices: the ceiling",
+                  "a property of the real data (reference)", "pairing"),
+        MetricDoc("pairing_dice_ratio", "`pairing_dice` / `pairing_dice_real`: do synthetic masks sit on lesions the "
+                  "segmenter sees as well as real masks do? Below 1 = masks off their lesions, or lesions too faint",
+                  "1", "pairing"),
+        MetricDoc("lesion_contrast_real", "per real lesion (8-connected component): mean intensity inside minus the "
+                  "mean over a ring 2-4 px outside it (within the brain ROI, other lesions' pixels excluded), in "
+                  "units of its slice's brain intensity SD; mean over the lesions",
+                  "a property of the real data (reference)"),
+        MetricDoc("lesion_contrast_synth", "the same for the synthetic lesions", SAME_AS_REAL),
+        MetricDoc("lesion_contrast_ratio", "synthetic / real lesion contrast; below 1 = fainter lesions than real",
+                  "1"),
+    ],
 }
 
 

@@ -241,3 +241,61 @@ def utility_figures(util: dict | None, examples: dict) -> dict[str, bytes]:
     if ex:
         out["utility_examples"] = ex
     return out
+
+
+# ------------------------------------------------------------------------------------ pairing
+def pairing_scatter_figure(detail: dict) -> bytes | None:
+    """Per lesion pair: the reference segmenter's Dice against the pair's mask (fidelity) vs the lesion
+    area, synthetic and held-out real pairs."""
+    data = detail.get("fidelity_vs_area") or {}
+    sides = [(label, data.get(key) or {}, colour, marker) for label, key, colour, marker in
+             (("real (held out)", "real_pairs", REAL_COLOUR, "o"), ("synthetic", "synthetic_pairs", SYNTH_COLOUR, "x"))]
+    if not any(s.get("area") for _, s, _, _ in sides):
+        return None
+    fig, (ax,) = _new_figure(1, width=5.0, height=3.4)
+    for label, s, colour, marker in sides:
+        area, fid = _arr(s.get("area") or []), _arr(s.get("fidelity") or [])
+        if len(area):
+            ax.scatter(area, fid, s=12, c=colour, marker=marker, alpha=0.6,
+                       label=f"{label}: mean {np.nanmean(fid):.2f} ({len(fid)} pairs)")
+    ax.set_xscale("log")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("lesion area (pixels, log scale)")
+    ax.set_ylabel("fidelity (segmenter Dice vs mask)")
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def pairing_worst_figure(examples: dict) -> bytes | None:
+    """The synthetic lesion pairs of lowest fidelity: image, mask outline (red), prediction (cyan)."""
+    if "worst_images" not in examples or not len(examples["worst_images"]):
+        return None
+    from matplotlib.figure import Figure
+
+    images = np.asarray(examples["worst_images"])
+    n = len(images)
+    cols = min(n, 4)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(2.0 * cols, 2.2 * rows))
+    for i, img in enumerate(images):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.set_axis_off()
+        ax.imshow(img, cmap="gray", vmin=-1, vmax=1)
+        ax.contour(np.asarray(examples["worst_masks"][i], dtype=float), levels=[0.5], colors="#ff3030",
+                   linewidths=0.8)
+        pred = np.asarray(examples["worst_pred"][i], dtype=float)
+        if pred.any():
+            ax.contour(pred, levels=[0.5], colors="#00e5ff", linewidths=0.8)
+        ax.set_title(f"#{int(examples['worst_index'][i])}: Dice {float(examples['worst_fidelity'][i]):.2f}",
+                     fontsize=8)
+    return _png(fig)
+
+
+def pairing_figures(detail: dict, examples: dict) -> dict[str, bytes]:
+    """pairing (fidelity vs lesion area) and pairing_worst (the worst synthetic pairs)."""
+    out = {}
+    for name, png in (("pairing", pairing_scatter_figure(detail)), ("pairing_worst", pairing_worst_figure(examples))):
+        if png:
+            out[name] = png
+    return out

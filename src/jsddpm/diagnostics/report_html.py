@@ -42,6 +42,13 @@ MEANING = {
     "lesion_rate_diff": ("the share of slices carrying a lesion differs from real (per class)", ""),
     "lesion_count_ratio": ("lesion slices carry more lesions than real ones (fragmented lesions)",
                            "lesion slices carry fewer lesions than real ones"),
+    "pairing_dice_ratio": ("synthetic pairs agree with the reference segmenter better than real ones (masks "
+                           "on conspicuous lesions)",
+                           "the reference segmenter finds the synthetic masks' lesions less often than real ones: "
+                           "masks off their lesions, or lesions too faint under them"),
+    "lesion_contrast_ratio": ("lesions stand out from their surround more than real ones",
+                              "lesions stand out from their surround less than real ones (faint lesions under "
+                              "the masks)"),
     "kid": ("features of a fixed network are distributed differently from real (KID)", ""),
     "fd": ("features of a fixed network are distributed differently from real (Frechet distance)", ""),
     "memorization_ratio": ("synthetic samples are no closer to training images than new real images are",
@@ -202,6 +209,46 @@ def metric_section_body(view: SectionInput, figures: dict[str, bytes], sentences
     if names:
         parts.append("<details><summary>all numbers</summary>" + metric_table(metrics, names, view.link)
                      + "</details>")
+    return "".join(parts)
+
+
+LOW_CEILING = 0.2  # pairing: a reference segmenter below this Dice on real lesions is too weak to judge pairs
+
+
+def pairing_section_body(view: SectionInput, figures: dict[str, bytes]) -> str:
+    """Findings (pairing's components, and the morphology family's lesion count when it ran), fidelity vs
+    lesion area, the worst synthetic pairs, all numbers, and which segmenter scored them."""
+    metrics = view.diag.get("metrics", {})
+    z0 = (view.diag.get("severity") or {}).get("z0", 2.0)
+    names = [n for n in ("pairing_dice_ratio", "lesion_contrast_ratio", "lesion_count_ratio") if n in metrics]
+    sentences = [finding_sentence(n, metrics[n], z0) for n in names]
+    ratio = metrics.get("pairing_dice_ratio") or {}
+    if ratio.get("value") is not None:
+        sentences.insert(0, f"The reference segmenter's Dice against the synthetic masks is "
+                            f"{_num(metrics['pairing_dice']['value'])}, against held-out real masks "
+                            f"{_num(metrics['pairing_dice_real']['value'])}: ratio {_num(ratio['value'])} (95% CI "
+                            f"{_num(ratio.get('ci_low'))}–{_num(ratio.get('ci_high'))}; 1 = synthetic pairs agree as "
+                            "well as real pairs do).")
+    ceiling = (metrics.get("pairing_dice_real") or {}).get("value")
+    if ceiling is not None and ceiling < LOW_CEILING:
+        sentences.insert(0, f"Caution: the reference segmenter reaches only Dice {_num(ceiling)} on held-out real "
+                            "lesions, so its agreement with the synthetic masks says little; train it longer "
+                            "(diagnostics.utility_steps) or check the real lesions.")
+    parts = [metric_section_body(view, figures, sentences)]
+    if "pairing_worst" in figures:
+        parts.append("<p>The synthetic lesion pairs of lowest fidelity: mask (red) and the reference segmenter's "
+                     "prediction (cyan); # = index in the synthetic set (pairing.csv).</p>"
+                     + img(figures["pairing_worst"], "worst synthetic pairs"))
+    seg = (view.record or {}).get("segmenter") or {}
+    train = seg.get("training") or {}
+    n = (view.record or {}).get("n_pairs") or {}
+    parts.append(
+        f"<p class='note'>Pairs = slices whose mask holds a lesion ({n.get('synthetic')} synthetic, {n.get('real')} "
+        f"held-out real). Reference segmenter: {html.escape(str(seg.get('source')))}, "
+        f"{html.escape(str(seg.get('path') or ''))}, trained on the real '{html.escape(str(seg.get('split')))}' split "
+        f"({train.get('steps')} steps, best validation Dice {_num(train.get('val_dice'))}). Lesion contrast: inside "
+        "minus a ring 2–4 px outside, within the brain, in units of the slice's brain SD. Per-pair scores of every "
+        "synthetic slice: pairing.csv.</p>")
     return "".join(parts)
 
 

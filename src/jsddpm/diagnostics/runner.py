@@ -267,6 +267,16 @@ def run_family(module, real: ImageSet, synth: ImageSet, cfg, train: ImageSet | N
     return result
 
 
+def _resample_trained(res: FamilyResult, cfg, seed: int) -> None:
+    """A trained family's per-sample features (`FamilyResult.resample`): value, bootstrap CI and null of
+    their compare, as for a resampled family, added to its metrics."""
+    r = res.resample
+    out = resampled_comparison(r.module, r.real, r.synthetic, cfg, resampling_unit(r.real_set)[0],
+                               resampling_unit(r.synthetic_set)[0], seed)
+    res.metrics.update(out["metrics"])
+    res.status.setdefault("n_bootstrap", out["n_bootstrap"])
+
+
 def _resampled(family: Family, sets: Sets, cfg, seed: int) -> FamilyResult:
     module = family.load_module()
     train = sets.train if GENERATOR_TRAIN in family.needs else None
@@ -277,13 +287,15 @@ def _resampled(family: Family, sets: Sets, cfg, seed: int) -> FamilyResult:
 
 def run_diagnostics(real: ImageSet, synth: ImageSet, cfg, train: ImageSet | None = None,
                     families=None, progress: Callable[[str], None] | None = print,
-                    strict: bool = False, real_train: Callable[[], ImageSet] | None = None) -> dict:
+                    strict: bool = False, real_train: Callable[[], ImageSet] | None = None,
+                    segmenter: Callable[[], object] | None = None) -> dict:
     """Run every selected family; return metrics, per-family status, details, z-bin tables, severity,
     and what the families hand over for the output: their records, extra files and example arrays.
 
     `cfg` is the `diagnostics` section; `families` are registry entries (default: cfg.only / cfg.skip
     of the registry) or stand-in modules; `real_train` loads real training slices with masks for the
-    families that need them. A family that fails is recorded with its error (and the report says so)
+    families that need them; `segmenter` loads the reference lesion segmenter (pairing; default: trained
+    on the real training slices, not stored). A family that fails is recorded with its error (and the report says so)
     unless `strict`, in which case the error propagates. A trained family that cannot run on these sets
     (a UserError: too few subjects, no training split) is recorded as skipped; a resampled family's
     UserError is a bad input and stops the run.
@@ -295,7 +307,7 @@ def run_diagnostics(real: ImageSet, synth: ImageSet, cfg, train: ImageSet | None
         raise UserError(f"need at least 4 real and 2 synthetic images, got {len(real)} and {len(synth)}")
     if families is None:
         families = load_families(cfg.only, cfg.skip)
-    sets = Sets(real, synth, train, real_train)
+    sets = Sets(real, synth, train, real_train, segmenter)
     out: dict = {"metrics": {}, "families": {}, "details": {}, "zbins": {}, "records": {}, "files": {},
                  "examples": {}}
 
@@ -317,6 +329,8 @@ def run_diagnostics(real: ImageSet, synth: ImageSet, cfg, train: ImageSet | None
                 res = _resampled(family, sets, cfg, seed=int(cfg.seed) + 1000 * i)
             else:
                 res = family.run(sets, cfg, progress)
+                if res.resample is not None:
+                    _resample_trained(res, cfg, seed=int(cfg.seed) + 1000 * i)
         except UserError as exc:
             if family.resampled:
                 raise

@@ -8,7 +8,8 @@ This is the wing's input edge, the one diagnostics module besides `stage.py` tha
   Without `has_mask` or `--image-channels`, C == 2 or C == 4 means the last channel is the mask.
 
 `Sets` is what a family's run receives: the real and synthetic sets, the generator's training images
-(memorisation) and, loaded on first use, real training slices with masks (utility's segmenters).
+(memorisation) and, loaded on first use, real training slices with masks (utility's segmenters) and the
+reference lesion segmenter (pairing; `stored_reference_segmenter` finds or trains the stored one).
 """
 
 from __future__ import annotations
@@ -17,10 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    from ..segmentation import Segmenter
 
 
 @dataclass
@@ -66,6 +71,9 @@ class Sets:
     synthetic: ImageSet
     train: ImageSet | None = None  # the generator's training images (memorisation)
     load_real_train: Callable[[], ImageSet] | None = None  # real training slices with masks, disjoint from real
+    # the reference lesion segmenter (pairing); None: trained on real_train when asked for, not stored
+    load_segmenter: Callable[[], Segmenter] | None = None
+    _segmenter: Segmenter | None = field(default=None, init=False, repr=False)
 
     @property
     def has_masks(self) -> bool:
@@ -76,6 +84,28 @@ class Sets:
         if self.load_real_train is None:
             raise UserError("no real training slices given (load_real_train)")
         return self.load_real_train()
+
+    def reference_segmenter(self, dcfg, progress=None) -> Segmenter:
+        """The reference lesion segmenter, made once: `load_segmenter()` (the stage's: stored and reused),
+        else trained on `real_train` exactly as `segmentation.reference_segmenter` trains it (the
+        `diagnostics.utility_*` settings, `seed`), kept in memory only."""
+        if self._segmenter is None:
+            if self.load_segmenter is not None:
+                self._segmenter = self.load_segmenter()
+            else:
+                from ..segmentation import settings_from_config, train_reference
+
+                train = self.real_train
+                if train.masks is None or not train.masks.any():
+                    raise UserError(f"{train.source.get('path', 'real training set')}: no lesions in the real "
+                                    "training slices; the reference segmenter cannot learn to find them")
+                if progress:
+                    progress(f"  segmenter: training the reference segmenter on {len(train)} real training slices")
+                seg = train_reference(train.images, train.masks, train.subject, settings_from_config(dcfg),
+                                      int(dcfg.seed))
+                seg.info["source"] = "trained (not stored)"
+                self._segmenter = seg
+        return self._segmenter
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -207,6 +237,25 @@ def real_training_set(real_path, real: ImageSet, dcfg, train: ImageSet | None = 
         return train
     raise UserError(f"{real_path}: utility needs real training slices with masks; give a slice cache as --real "
                     "(its train split trains the segmenters) or the training set with --train")
+
+
+def stored_reference_segmenter(real_path, dcfg, store_dir, lookup=(), shown_dir=None, progress=None) -> Segmenter:
+    """The reference segmenter of the real cache `real_path` (`segmentation.reference_segmenter`: trained
+    on its `utility_train_split` under the `utility_*` settings): loaded from the first folder of `lookup`
+    (e.g. the synthetic set's generation folder, whose fidelity scores then come from the very same
+    file) that holds the file for this cache and these settings, else loaded from or trained into
+    `store_dir`. `shown_dir`: the folder the file will end up in when `store_dir` is a temporary one
+    (the output folder under construction); its info's `path` names it."""
+    from ..data.cache import load_cache
+    from ..segmentation import reference_segmenter, segmenter_key, settings_from_config
+
+    cache = load_cache(real_path)
+    key = segmenter_key(cache.fingerprint, settings_from_config(dcfg), int(dcfg.seed), str(dcfg.utility_train_split))
+    folder = next((Path(d) for d in lookup if d and (Path(d) / f"segmenter-{key}.pt").is_file()), Path(store_dir))
+    seg = reference_segmenter(cache, dcfg, folder, progress)
+    if shown_dir is not None and folder == Path(store_dir):
+        seg.info["path"] = str(Path(shown_dir) / Path(seg.info["path"]).name)
+    return seg
 
 
 def generator_config_source(synthetic_path) -> Path | None:

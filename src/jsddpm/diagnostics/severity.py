@@ -52,7 +52,9 @@ does not force the zero; the tests check it.
 Mask components: `mask_mmd` (lesion shapes), `lesion_rate_diff` (per class, |synthetic - real|
 fraction of slices carrying a lesion, averaged over the classes) and `lesion_count_ratio` (lesions per
 lesion-carrying slice, synthetic / real); pairing (the image at its mask): `boundary_sharpness_ratio`
-(lesion edges).
+(lesion edges), `pairing_dice_ratio` (the reference segmenter's Dice against the synthetic masks over
+its Dice against held-out real ones) and `lesion_contrast_ratio` (lesion minus surround, synthetic /
+real), both E = ln 2: half the real agreement or contrast scores 0.63.
 
 Relative severity (the reference study's style, for one aggregate only): each component's deviation
 min-max normalised across the experiments being compared, then averaged.
@@ -116,6 +118,8 @@ SEVERITY_COMPONENTS: dict[str, Component] = {
     "lesion_rate_diff": Component("mask_morphology", "distance", 0.1),  # ten points of slices with a lesion
     "lesion_count_ratio": Component("mask_morphology", "ratio", LN2),  # lesions per slice: half or double
     "boundary_sharpness_ratio": Component("pairing", "ratio", LN2),  # lesion-edge slope: half or double
+    "pairing_dice_ratio": Component("pairing", "ratio", LN2),  # segmenter-vs-mask Dice: half the real one
+    "lesion_contrast_ratio": Component("pairing", "ratio", LN2),  # lesion minus surround: half or double
 }
 
 # null-SD floors for degenerate nulls (zero variance) only, in each metric's own units: the smallest

@@ -36,7 +36,14 @@ from .common import csv_text, json_text, jsonable
 from .families import BY_NAME, check_not_test_split, load_families
 from .report_html import Section, SectionInput
 from .runner import largest_deviations, run_diagnostics
-from .sets import Sets, generator_config_source, generator_train_set, load_set, real_training_set
+from .sets import (
+    Sets,
+    generator_config_source,
+    generator_train_set,
+    load_set,
+    real_training_set,
+    stored_reference_segmenter,
+)
 
 N_GRID = 8  # samples per set shown in the report's grid
 SECTIONS_FILE = "report_sections.json"  # sections added after the run (add_report_section)
@@ -52,8 +59,6 @@ def run_all(real_path, synthetic_path, out, cfg, train_path=None, image_channels
 
 
 def _run_all(real_path, synthetic_path, out, cfg, train_path, image_channels, synthetic_split, progress) -> Path:
-    from ..config import to_container
-
     dcfg = cfg.diagnostics
     require_free_output(out)  # atomic_dir checks again at the end; here it fails before minutes of work
     families = load_families(dcfg.only, dcfg.skip)  # a misspelt family fails here
@@ -64,8 +69,34 @@ def _run_all(real_path, synthetic_path, out, cfg, train_path, image_channels, sy
         progress(f"diagnose: real {len(real)} ({real.source['kind']}), synthetic {len(synth)} "
                  f"({synth.source['kind']}), {real.images.shape[1]} image channel(s), "
                  f"{'with' if real.masks is not None and synth.masks is not None else 'without'} masks")
-    result = run_diagnostics(real, synth, dcfg, train=train, families=families, progress=progress,
-                             real_train=partial(real_training_set, real_path, real, dcfg, train, image_channels))
+    with atomic_dir(out) as tmp:  # made now: a segmenter trained here is stored in it (nothing left on failure)
+        segmenter = None
+        if real.source.get("kind") == "cache":  # else trained on --train, not stored
+            store = Path(dcfg.segmenter_dir) if dcfg.segmenter_dir else tmp
+            segmenter = partial(stored_reference_segmenter, real_path, dcfg, store, _generation_folder(synth),
+                                None if dcfg.segmenter_dir else out, progress)
+        result = run_diagnostics(real, synth, dcfg, train=train, families=families, progress=progress,
+                                 real_train=partial(real_training_set, real_path, real, dcfg, train, image_channels),
+                                 segmenter=segmenter)
+        _write_run_all(tmp, cfg, result, real, synth, train, synthetic_path)
+    if progress:
+        sev = result["severity"]["severity"]
+        auc = result["metrics"].get("classifier_auc", {}).get("value")
+        auc_d = result["metrics"].get("classifier_auc_dithered", {}).get("value")
+        progress(f"diagnose: severity {'n/a' if sev is None else f'{sev:.3f}'}"
+                 + ("" if auc is None else f", classifier AUC {auc:.3f} (dithered {auc_d:.3f})")
+                 + f"; report {Path(out) / 'report.html'}")
+    return Path(out)
+
+
+def _generation_folder(s) -> tuple[Path, ...]:
+    """The folder of a synthetic set read from a generation folder (where generation keeps its segmenter)."""
+    return (Path(s.source["path"]),) if s.source.get("kind") == "generation" else ()
+
+
+def _write_run_all(tmp: Path, cfg, result: dict, real, synth, train, synthetic_path) -> None:
+    from ..config import to_container
+
     metrics = jsonable(result["metrics"])
     auc = metrics.get("classifier_auc", {}).get("value")
     auc_d = metrics.get("classifier_auc_dithered", {}).get("value")
@@ -86,23 +117,16 @@ def _run_all(real_path, synthetic_path, out, cfg, train_path, image_channels, sy
                for k, v in _sample_grid(s).items()}
     samples.update(result["examples"])
     gen_cfg = generator_config_source(synthetic_path)
-    with atomic_dir(out) as tmp:
-        atomic_write_text(tmp / "diagnostics.json", json_text(diag))
-        atomic_write_text(tmp / "summary.csv", csv_text(summary_rows(metrics)))
-        atomic_write_text(tmp / "figure_data.json", json.dumps(result["details"]) + "\n")
-        np.savez_compressed(tmp / "sample_grid.npz", **samples)
-        for name, text in result["files"].items():  # e.g. utility.json, utility.csv
-            atomic_write_text(tmp / name, text)
-        if gen_cfg is not None:
-            shutil.copyfile(gen_cfg, tmp / "generator_config.yaml")
-        write_run_record(tmp, cfg)
-        _write_report(tmp, diag, result["details"], samples)
-    if progress:
-        sev = diag["headline"]["severity"]
-        progress(f"diagnose: severity {'n/a' if sev is None else f'{sev:.3f}'}"
-                 + ("" if auc is None else f", classifier AUC {auc:.3f} (dithered {auc_d:.3f})")
-                 + f"; report {Path(out) / 'report.html'}")
-    return Path(out)
+    atomic_write_text(tmp / "diagnostics.json", json_text(diag))
+    atomic_write_text(tmp / "summary.csv", csv_text(summary_rows(metrics)))
+    atomic_write_text(tmp / "figure_data.json", json.dumps(result["details"]) + "\n")
+    np.savez_compressed(tmp / "sample_grid.npz", **samples)
+    for name, text in result["files"].items():  # e.g. utility.json, utility.csv, pairing.csv
+        atomic_write_text(tmp / name, text)
+    if gen_cfg is not None:
+        shutil.copyfile(gen_cfg, tmp / "generator_config.yaml")
+    write_run_record(tmp, cfg)
+    _write_report(tmp, diag, result["details"], samples)
 
 
 def _sample_grid(s, n: int = N_GRID) -> dict[str, np.ndarray]:

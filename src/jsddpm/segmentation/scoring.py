@@ -78,7 +78,7 @@ def pooled_dice(pred: np.ndarray, truth: np.ndarray) -> float:
 def pair_dice(pred: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """(N,) Dice of each (prediction, mask) pair: 2 |P and M| / (|P| + |M|); 1.0 where both are empty (they
     agree that there is no lesion). `pred`, `masks`: (N, H, W) bool."""
-    n = len(masks)
-    p, m = np.asarray(pred, bool).reshape(n, -1), np.asarray(masks, bool).reshape(n, -1)
-    inter, total = (p & m).sum(axis=1), p.sum(axis=1) + m.sum(axis=1)
+    p, m = np.asarray(pred, bool), np.asarray(masks, bool)
+    axes = tuple(range(1, m.ndim))  # not reshape(n, -1): an empty set has no -1 to infer
+    inter, total = (p & m).sum(axis=axes), p.sum(axis=axes) + m.sum(axis=axes)
     return np.where(total > 0, 2 * inter / np.maximum(total, 1), 1.0)
