@@ -34,6 +34,7 @@ IDEAL = {"spectral_slope_diff": "0", "spectral_js": "0", "boundary_sharpness_rat
          "pixel_frac_significant": "0", "hf_ratio_diff": "0", "texture_ks_mean": "0", "severity": "0",
          "relative_severity": "0", "wavelet_hh_l1_ratio": "1", "gradient_ratio": "1", "classifier_auc": "0.5",
          "classifier_auc_dithered": "0.5", "mask_mmd": "0", "lesion_rate_diff": "0", "lesion_count_ratio": "1",
+         "pairing_dice_ratio": "1", "lesion_contrast_ratio": "1",
          "memorization_ratio": ">= 1",
          "glcm_contrast_synth": "= real", "glcm_dissimilarity_synth": "= real", "gradient_mean_synth": "= real",
          "utility_dice_synthetic": "= real arm", "utility_dice_gain": ">= 0"}
@@ -42,7 +43,8 @@ UTILITY_METRICS = ("utility_dice_real", "utility_dice_synthetic", "utility_dice_
                    "utility_dice_gain")
 EXPERIMENT_METRICS = tuple(dict.fromkeys(PREDICTION_TYPE_METRICS[:-1] + (
     "wavelet_hh_l1_ratio", "gradient_ratio", "glcm_contrast_synth", "glcm_dissimilarity_synth", "gradient_mean_synth",
-    "mask_mmd", "lesion_rate_diff", "lesion_count_ratio", "classifier_auc", "classifier_auc_dithered",
+    "mask_mmd", "lesion_rate_diff", "lesion_count_ratio", "pairing_dice_ratio", "lesion_contrast_ratio",
+    "classifier_auc", "classifier_auc_dithered",
     "memorization_ratio") + UTILITY_METRICS))
 # config keys that differ between runs without being experimental factors
 _NOT_FACTORS = ("train.out_dir", "data.cache_dir", "data.image_root", "train.resume")
