@@ -81,6 +81,11 @@ def test_bank_refuses_another_cache_and_models_without_mask_conditioning(ckpt, c
     out = tmp_path / "x"
     assert main(["generate", "--ckpt", str(ckpt), "--out", str(out), "--masks", "bank", "--cache", str(other)]) == 2
     one_line_error(capsys, "not the cache")
+    unrecorded = write_random_checkpoint(tmp_path / "old.ckpt", load_config(None, TINY64), 0.1, cache.classes,
+                                         cache.priors, None)  # no fingerprint: the bank cannot be checked
+    assert main(["generate", "--ckpt", str(unrecorded), "--out", str(out), "--masks", "bank", "--cache",
+                 str(demo_cache)]) == 2
+    one_line_error(capsys, "records no training-cache fingerprint")
     joint = write_random_checkpoint(tmp_path / "joint.ckpt", load_config(None, TINY64[:-1]), 0.1, cache.classes,
                                     cache.priors, None, cache_fingerprint=cache.fingerprint)
     for source in ("bank", "generated", str(tmp_path / "m.npy")):

@@ -16,6 +16,10 @@ Sampling (`diffusion.inpaint.sample_known`): known are the image outside the tar
 inpaint.dilate_px and the whole mask channel (= the target); class = lesion, z = the source's position,
 prior = the source's z-bin's. The result's mask channel is the target exactly and its image equals the
 source exactly outside the dilated mask.
+
+sample.min_fidelity / sample.score_fidelity score each result with the reference segmenter of --source
+(which must then be the checkpoint's training cache); a result below the threshold is drawn again with a
+derived seed (a new target placement and noise: `fidelity.draw_faithful`).
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ def _shard_worker(rank: int, ckpt_path: str, cfg_dict: dict, rows: np.ndarray, d
     inputs = {}
     for name in ("sources", "seeds", "masks"):
         path = Path(tmp) / f"{name}.npy"
-        inputs[name] = np.asarray(np.load(path, mmap_mode="r")[rank::len(devices)]) if path.exists() else None
+        inputs[name] = np.array(np.load(path, mmap_mode="r")[rank::len(devices)]) if path.exists() else None
     images = sample_conditions(net, cfg, ckpt, mine[:, 0], mine[:, 1], mine[:, 2], devices[rank], **inputs)
     np.save(Path(tmp) / f"shard_{rank}.npy", images)
 
