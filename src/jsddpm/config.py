@@ -506,6 +506,15 @@ def to_yaml(cfg: Any) -> str:
     return OmegaConf.to_yaml(cfg)
 
 
+def section_overrides(cfg: Any, section: str, skip=()) -> list[str]:
+    """`section.key=value` overrides that set each key of `cfg`'s `section` as it is there (None as null,
+    which the override parser reads back as None; "None" would be a string)."""
+    from omegaconf import OmegaConf
+
+    values = OmegaConf.to_container(cfg[section], resolve=True)
+    return [f"{section}.{k}={'null' if v is None else v}" for k, v in values.items() if k not in skip]
+
+
 def to_container(cfg: Any) -> dict:
     """Plain dicts/lists, e.g. for a checkpoint that must load with torch.load(weights_only=True)."""
     from omegaconf import OmegaConf
