@@ -162,6 +162,7 @@ def low_noise_probe(cfg, ckpt: Path, cache_dir: Path, arm_dir: Path, strength: f
     """HH-1 and background-std ratios of the held-out real slices after SDEdit at `strength` (see above)."""
     from omegaconf import OmegaConf
 
+    from jsddpm.config import section_overrides
     from jsddpm.diagnostics.stage import run_all
     from jsddpm.generation import generate
     from jsddpm.pipeline import held_out_spec
@@ -169,7 +170,7 @@ def low_noise_probe(cfg, ckpt: Path, cache_dir: Path, arm_dir: Path, strength: f
     split = str(cfg.diagnostics.real_split)
     out, diag_dir = arm_dir / f"probe_{strength:g}", arm_dir / f"probe_{strength:g}_diagnostics"
     if not (out / "samples.npz").is_file():
-        sample = [f"sample.{k}={v}" for k, v in OmegaConf.to_container(cfg.sample).items() if k != "strength"]
+        sample = section_overrides(cfg, "sample", skip=("strength",))
         generate(ckpt, out, spec=held_out_spec(cache_dir, split), overrides=[*sample, f"sample.strength={strength}"],
                  overwrite=True, source=cache_dir, split=split)
     if not (diag_dir / "diagnostics.json").is_file():

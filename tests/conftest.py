@@ -43,10 +43,12 @@ def one_thread(monkeypatch):
     torch.set_num_threads(before)
 
 
-def write_random_checkpoint(path: Path, cfg, scale: float, classes: list[str], priors, spacing_mm) -> Path:
+def write_random_checkpoint(path: Path, cfg, scale: float, classes: list[str], priors, spacing_mm,
+                            cache_fingerprint: str | None = None) -> Path:
     """A checkpoint as `jsddpm train` writes it (same weights as net and EMA), around the config's network
     with every parameter perturbed by `scale` x N(0, 1) (the UNet's zero-initialised output layer would
-    otherwise make every prediction 0). Seeds torch with 0 first, so the weights depend on `cfg` only."""
+    otherwise make every prediction 0). Seeds torch with 0 first, so the weights depend on `cfg` only.
+    `cache_fingerprint`: the training cache's, recorded as `jsddpm train` does (None: an older checkpoint)."""
     import torch
 
     from jsddpm.config import to_container
@@ -58,8 +60,10 @@ def write_random_checkpoint(path: Path, cfg, scale: float, classes: list[str], p
         for p in net.parameters():
             p.add_(scale * torch.randn_like(p))
     state = net.state_dict()
+    record = {"format": 1, "config": to_container(cfg), "classes": classes, "priors": torch.as_tensor(priors),
+              "spacing_mm": spacing_mm}
+    if cache_fingerprint is not None:
+        record["cache_fingerprint"] = cache_fingerprint
     torch.save({"state_dict": {**{f"net.{k}": v for k, v in state.items()},
-                               **{f"ema.module.{k}": v for k, v in state.items()}},
-                "jsddpm": {"format": 1, "config": to_container(cfg), "classes": classes,
-                           "priors": torch.as_tensor(priors), "spacing_mm": spacing_mm}}, path)
+                               **{f"ema.module.{k}": v for k, v in state.items()}}, "jsddpm": record}, path)
     return path

@@ -82,3 +82,15 @@ def test_help_is_fast_and_lists_every_stage():
         t0 = time.perf_counter()
         subprocess.run([sys.executable, "-m", "jsddpm.cli", name, "--help"], capture_output=True, check=True)
         assert time.perf_counter() - t0 < 2.0, f"jsddpm {name} --help is slow: import heavy modules lazily"
+
+
+def test_section_overrides_set_every_key_back_including_nulls():
+    from omegaconf import OmegaConf
+
+    from jsddpm.config import section_overrides
+
+    for given in ([], ["sample.min_fidelity=0.4", "sample.mask_augment=true", "sample.device=cuda:0,cuda:1"]):
+        cfg = load_config(None, given)
+        again = load_config(None, section_overrides(cfg, "sample", skip=("strength",)))
+        assert OmegaConf.to_container(again.sample) == OmegaConf.to_container(cfg.sample)
+    assert "sample.min_fidelity=null" in section_overrides(load_config(None, []), "sample")

@@ -26,7 +26,8 @@ SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")  # sample.sampler, inpaint.sampler
 PRECISIONS = ("32", "bf16-mixed", "16-mixed", "64")  # train.precision
 SPLITS = ("train", "val", "test", "all")  # a split of a slice cache, or all of it
 SLICE_LABELS = ("lesion", "group")  # data.slice_label
-MASK_SOURCES = ("bank", "generated")  # `jsddpm inpaint --masks`: real lesion masks, or drawn by the model
+MASK_SOURCES = ("bank", "generated")  # `--masks` of inpaint and generate: real lesion masks, or drawn by the model
+# (generate --masks also takes a path: the user's own masks)
 
 
 # --------------------------------------------------------------------------------------- data
@@ -186,6 +187,14 @@ class SampleConfig:
     # classifier-free guidance on a given mask (model.mask_conditioning): pred = A + s (B - A) + m (C - B), A
     # without class/z/prior and mask, B with them but no mask, C with all, s = guidance_scale; 1 = none
     mask_guidance: float = 1.0
+    # generate --masks bank: each bank mask mirrored left-right at random and turned / shifted a little (up to
+    # 15 degrees, 1/16 of the side) while it stays inside the z-bin's prior support; false = the bank mask as is
+    mask_augment: bool = False
+    # fidelity filter (generate, inpaint): keep only pairs whose Dice between their mask and the reference
+    # segmenter's prediction on their image is >= this, redrawing the others (null = keep every pair)
+    min_fidelity: float | None = None
+    fidelity_tries: int = 4  # draws per requested pair at most; pairs still below min_fidelity are dropped (warning)
+    score_fidelity: bool = False  # score every pair's fidelity (samples.npz, fidelity.csv) without filtering
 
 
 @dataclass
@@ -440,6 +449,9 @@ def validate(cfg: Any, where: str, overrides=()) -> None:
         (cfg.sample.batch_size >= 1, "sample.batch_size must be at least 1"),
         (0.0 < cfg.sample.strength <= 1.0, "sample.strength must be in (0, 1] (1 = plain generation)"),
         (cfg.sample.mask_guidance >= 0, "sample.mask_guidance must be >= 0 (1 = no guidance on the mask)"),
+        (cfg.sample.min_fidelity is None or 0.0 <= cfg.sample.min_fidelity <= 1.0,
+         "sample.min_fidelity must be null (off) or a Dice in [0, 1]"),
+        (cfg.sample.fidelity_tries >= 1, "sample.fidelity_tries must be at least 1"),
         (0.0 <= cfg.train.mask_drop <= 1.0, "train.mask_drop must be in [0, 1]"),
         (not cfg.model.mask_conditioning or cfg.model.joint_mask,
          "model.mask_conditioning needs model.joint_mask=true (the condition is the mask channel of the data)"),
@@ -497,6 +509,15 @@ def to_yaml(cfg: Any) -> str:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_yaml(cfg)
+
+
+def section_overrides(cfg: Any, section: str, skip=()) -> list[str]:
+    """`section.key=value` overrides that set each key of `cfg`'s `section` as it is there (None as null,
+    which the override parser reads back as None; "None" would be a string)."""
+    from omegaconf import OmegaConf
+
+    values = OmegaConf.to_container(cfg[section], resolve=True)
+    return [f"{section}.{k}={'null' if v is None else v}" for k, v in values.items() if k not in skip]
 
 
 def to_container(cfg: Any) -> dict:

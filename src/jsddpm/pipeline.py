@@ -158,10 +158,12 @@ def run_point(cfg: Any, cache_dir: Path, point_dir: Path, log: Log = print) -> P
     """train -> generate (matching the held-out split) -> diagnose for one config; resumable."""
     from omegaconf import OmegaConf
 
+    from .config import section_overrides
+
     cfg = OmegaConf.merge(cfg, {"data": {"cache_dir": str(cache_dir)}})
     ckpt = train_stage(cfg, point_dir / "train", log)
     spec = held_out_spec(cache_dir, str(cfg.diagnostics.real_split))
     # the generation stage reads model/diffusion from the checkpoint; the sample section from here
-    sample_overrides = [f"sample.{k}={v}" for k, v in OmegaConf.to_container(cfg.sample).items()]
+    sample_overrides = section_overrides(cfg, "sample")
     gen = generate_stage(ckpt, point_dir / "generated", spec, sample_overrides, log)
     return diagnose_stage(cfg, cache_dir, gen, point_dir / "diagnostics", log)

@@ -2,9 +2,10 @@
 samples.npz, PNG grids, optional NIfTI; inpainting lesions into real slices.
 
 Modules: `spec` (what to draw), `sampling` (drawing it), `outputs` (writing it), `sources` (real slices
-to start from: SDEdit and inpainting), `stage` (the `jsddpm generate` command's work), `inpaint` (the
-`jsddpm inpaint` command's work). Checkpoint reading lives in `jsddpm.checkpoint`, below both training
-and generation.
+to start from: SDEdit and inpainting; the training-split lesion-mask bank), `masks` (generate --masks:
+bank, generated, the user's files), `fidelity` (the fidelity filter), `stage` (the `jsddpm generate`
+command's work), `inpaint` (the `jsddpm inpaint` command's work). Checkpoint reading lives in
+`jsddpm.checkpoint`, below both training and generation.
 
 Notebook use::
 

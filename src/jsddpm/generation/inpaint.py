@@ -16,6 +16,10 @@ Sampling (`diffusion.inpaint.sample_known`): known are the image outside the tar
 inpaint.dilate_px and the whole mask channel (= the target); class = lesion, z = the source's position,
 prior = the source's z-bin's. The result's mask channel is the target exactly and its image equals the
 source exactly outside the dilated mask.
+
+sample.min_fidelity / sample.score_fidelity score each result with the reference segmenter of --source
+(which must then be the checkpoint's training cache); a result below the threshold is drawn again with a
+derived seed (a new target placement and noise: `fidelity.draw_faithful`).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from ..imaging import image_rgb, mask_rgb, save_png, tile_grid, to_uint8
 from ..regions import IN_PLANE_4, brain_roi, gray
 from .outputs import write_samples
 from .sampling import check_finite, postprocess, sample_batch
-from .sources import diffusion_data, open_source_cache
+from .sources import bank_candidates, diffusion_data, open_source_cache, place_mask
 from .stage import check_output_folder, resolve_generation_config
 
 GENERATED_MASK_TRIES = 3  # draws per result before `generated` gives up on an empty mask
@@ -49,58 +53,12 @@ def lesion_label(classes: list[str], num_classes: int) -> int:
     return classes.index("lesion")
 
 
-def crop_to_content(mask: np.ndarray) -> np.ndarray:
-    ys, xs = np.nonzero(mask)
-    return mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
-
-
-def place_mask(mask: np.ndarray, allowed: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
-    """`mask` (bool, non-empty) flipped left-right with probability 1/2, rotated by a uniform angle and
-    put at a uniform position where all of it lies inside `allowed`; None when it fits nowhere."""
-    shape = crop_to_content(mask)
-    if rng.random() < 0.5:
-        shape = shape[:, ::-1]
-    # padded and interpolated linearly, then cut at 1/2: keeps the area (nearest-neighbour rotation of a
-    # small mask loses up to half of it at the edges)
-    padded = np.pad(shape.astype(np.float32), 2)
-    shape = ndimage.rotate(padded, rng.uniform(0.0, 360.0), order=1, reshape=True) >= 0.5
-    if not shape.any():
-        return None
-    shape = crop_to_content(shape)
-    h, w = shape.shape
-    H, W = allowed.shape
-    if h > H or w > W:
-        return None
-    # top-left corners (y, x) at which every mask pixel lands on an allowed pixel
-    outside = (~allowed).astype(np.float32)
-    hits = ndimage.correlate(outside, shape.astype(np.float32), mode="constant", cval=1.0,
-                             origin=(-(h // 2), -(w // 2)))
-    corners = np.argwhere(hits[:H - h + 1, :W - w + 1] < 0.5)
-    if len(corners) == 0:
-        return None
-    y, x = corners[rng.integers(len(corners))]
-    placed = np.zeros_like(allowed)
-    placed[y:y + h, x:x + w] = shape
-    return placed if not (placed & ~allowed).any() else None
-
-
 def allowed_regions(images: np.ndarray, zbins: np.ndarray, priors, diag_cfg) -> np.ndarray:
     """(n, H, W) bool: the sources' brain ROI inside the support of their z-bin's prior map."""
     roi = brain_roi(gray(images), None, diag_cfg)
     if priors is None:
         return roi
     return roi & (np.asarray(priors)[zbins] > 0)
-
-
-def bank_candidates(cache, zbin: int, subject: str) -> np.ndarray:
-    """Train-split lesion slices of other subjects at `zbin`, else at the nearest z-bins that have some."""
-    idx = cache.index
-    rows = np.flatnonzero((idx["split"] == "train") & (idx["has_lesion"] == 1) & (idx["subject_id"] != subject))
-    if len(rows) == 0:
-        raise UserError(f"{cache.root}: no lesion mask of another training subject for the bank; "
-                        "use --masks generated")
-    distance = np.abs(idx["zbin"][rows] - zbin)
-    return rows[distance == distance.min()]
 
 
 def bank_mask(cache, zbin: int, subject: str, allowed: np.ndarray, rng, tries: int) -> np.ndarray | None:
@@ -224,7 +182,9 @@ def inpaint(ckpt_path: str | Path, source: str | Path, out: str | Path, split: s
 
     from ..io import atomic_dir, write_run_record
     from ..seeding import derive_seed
+    from .fidelity import draw_faithful, fidelity_scorer, write_fidelity_csv
     from .sampling import sample_devices
+    from .sources import check_trained_on
 
     if masks not in MASK_SOURCES:
         raise UserError(f"--masks {masks}: use one of {', '.join(MASK_SOURCES)}")
@@ -238,26 +198,40 @@ def inpaint(ckpt_path: str | Path, source: str | Path, out: str | Path, split: s
         raise UserError(f"{ckpt_path}: the model draws images without masks (model.joint_mask=false); "
                         "inpaint needs a joint image + mask model")
     label = lesion_label(ckpt.classes, int(cfg.model.num_classes))
+    scoring = cfg.sample.min_fidelity is not None or bool(cfg.sample.score_fidelity)
     cache = open_source_cache(source, split, cfg, ckpt.classes)
+    if scoring:  # the reference segmenter is the training cache's: --source must be that cache then
+        check_trained_on(cache, ckpt, "--source")
     order = source_order(cache, split, int(cfg.sample.seed))
     rows, indices = order[np.arange(n) % len(order)], np.arange(n, dtype=np.int64) // len(order)
     seeds = np.array([derive_seed(int(cfg.sample.seed), r, i) for r, i in zip(rows, indices)], np.int64)
+    score = fidelity_scorer(cache, cfg, ckpt) if scoring else None
     device = sample_devices(str(cfg.sample.device))[0]  # one device: results are few and batched
     net = ckpt.model(bool(cfg.sample.use_ema), device)
-    parts: list[dict] = []
     batch = int(cfg.sample.batch_size)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        for start in range(0, n, batch):
+
+    def draw(positions: np.ndarray, draw_seeds: np.ndarray) -> dict:
+        parts: list[dict] = []
+        for start in range(0, len(positions), batch):
             sl = slice(start, start + batch)
             with torch.no_grad():
-                parts.append(inpaint_batch(net, cfg, ckpt, cache, rows[sl], seeds[sl], label, masks, device))
-            print(f"inpaint: {min(start + batch, n)}/{n} results", flush=True)
-        res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+                parts.append(inpaint_batch(net, cfg, ckpt, cache, rows[positions[sl]], draw_seeds[sl], label, masks,
+                                           device))
+            print(f"inpaint: {min(start + batch, len(positions))}/{len(positions)} results", flush=True)
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        result = draw_faithful(draw, seeds, score, cfg.sample.min_fidelity, int(cfg.sample.fidelity_tries),
+                               progress=lambda msg: print(msg, flush=True))
+        res, kept = result.arrays, result.kept
         write_samples(tmp / "samples.npz", res["images"], res["zbin"], res["label"], int(cfg.data.n_zbins),
-                      z=res["z"], index=indices, seed=seeds, source_index=rows,
-                      cache_fingerprint=ckpt.cache_fingerprint)
-        shown = np.linspace(0, n - 1, min(n, 16)).round().astype(int)
+                      z=res["z"], index=indices[kept], seed=result.seeds, source_index=rows[kept],
+                      cache_fingerprint=ckpt.cache_fingerprint, **result.fields())
+        if score is not None:
+            write_fidelity_csv(tmp / "fidelity.csv", result, {"source_index": rows, "index": indices})
+            print(result.summary(), flush=True)
+        shown = np.linspace(0, len(kept) - 1, min(len(kept), 16)).round().astype(int)
         save_png(tmp / "grid_inpaint.png", comparison_grid(res["source"][shown], res["images"][shown]))
         write_run_record(tmp, cfg)
-    print(f"inpaint: {n} results ({masks} masks) -> {Path(out) / 'samples.npz'}")
+    print(f"inpaint: {len(kept)} results ({masks} masks) -> {Path(out) / 'samples.npz'}")
     return Path(out)

@@ -26,10 +26,11 @@ def empty_samples(cfg) -> np.ndarray:
 
 def sample_conditions(net, cfg, ckpt: Checkpoint, zbins, labels, indices, device: str | torch.device = "cpu",
                       batch_size: int | None = None, progress: bool = False, sources: np.ndarray | None = None,
-                      seeds: np.ndarray | None = None) -> np.ndarray:
+                      seeds: np.ndarray | None = None, masks: np.ndarray | None = None) -> np.ndarray:
     """Samples of `net` (the checkpoint's network) for the given (z-bin, class, index) triples, in that
     order, in batches; with `sources` (one real slice per sample) SDEdit variations of them at
-    sample.strength.
+    sample.strength; with `masks` ((N, 1, H, W) in {-1, +1}, a mask-conditioned network) the images given
+    those masks, which the results' mask channel holds exactly. `seeds` replace the samples' own.
 
     Raw values before postprocessing must be finite: a NaN image would otherwise pass as -1 after
     clamping, with a mask channel that looks valid.
@@ -40,7 +41,8 @@ def sample_conditions(net, cfg, ckpt: Checkpoint, zbins, labels, indices, device
     for start in range(0, len(seeds), batch_size):
         sl = slice(start, start + batch_size)
         images = sample_batch(net, cfg, zbins[sl], labels[sl], seeds[sl], ckpt.priors, device,
-                              source=None if sources is None else sources[sl])
+                              source=None if sources is None else sources[sl],
+                              mask=None if masks is None else masks[sl])
         check_finite(images, ckpt.path)
         out.append(postprocess(images, bool(cfg.model.joint_mask)))
         if progress:
@@ -63,17 +65,19 @@ def check_finite(images: torch.Tensor, ckpt_path: str | Path) -> None:
 
 def _shard_worker(rank: int, ckpt_path: str, cfg_dict: dict, rows: np.ndarray, devices: list[str],
                   tmp: str) -> None:
-    """One GPU's share (every len(devices)-th sample); results go to tmp/shard_{rank}.npy."""
+    """One GPU's share (every len(devices)-th sample); results go to tmp/shard_{rank}.npy. The optional
+    per-sample inputs (sources, seeds, masks) are tmp/<name>.npy."""
     from ..config import from_container
 
     cfg = from_container(cfg_dict)
     ckpt = Checkpoint.load(ckpt_path)
     net = ckpt.model(bool(cfg.sample.use_ema), devices[rank])
     mine = rows[rank::len(devices)]
-    sources_path = Path(tmp) / "sources.npy"
-    sources = np.load(sources_path, mmap_mode="r")[rank::len(devices)] if sources_path.exists() else None
-    images = sample_conditions(net, cfg, ckpt, mine[:, 0], mine[:, 1], mine[:, 2], devices[rank],
-                               sources=None if sources is None else np.asarray(sources))
+    inputs = {}
+    for name in ("sources", "seeds", "masks"):
+        path = Path(tmp) / f"{name}.npy"
+        inputs[name] = np.array(np.load(path, mmap_mode="r")[rank::len(devices)]) if path.exists() else None
+    images = sample_conditions(net, cfg, ckpt, mine[:, 0], mine[:, 1], mine[:, 2], devices[rank], **inputs)
     np.save(Path(tmp) / f"shard_{rank}.npy", images)
 
 
@@ -95,12 +99,14 @@ def sample_devices(setting: str) -> list[str]:
 
 
 def sample_sharded(ckpt: Checkpoint, cfg, zbins, labels, indices, devices: list[str],
-                   sources: np.ndarray | None = None) -> np.ndarray:
-    """Samples in the given order, drawn on one device or split across several (one process each)."""
+                   sources: np.ndarray | None = None, seeds: np.ndarray | None = None,
+                   masks: np.ndarray | None = None) -> np.ndarray:
+    """Samples in the given order, drawn on one device or split across several (one process each);
+    `sources`, `seeds`, `masks` as in `sample_conditions`."""
     if len(devices) <= 1 or len(zbins) < 2:
         net = ckpt.model(bool(cfg.sample.use_ema), devices[0])
         return sample_conditions(net, cfg, ckpt, zbins, labels, indices, devices[0], progress=True,
-                                 sources=sources)
+                                 sources=sources, seeds=seeds, masks=masks)
     import tempfile
 
     import torch.multiprocessing as mp
@@ -109,8 +115,9 @@ def sample_sharded(ckpt: Checkpoint, cfg, zbins, labels, indices, devices: list[
 
     rows = np.stack([zbins, labels, indices], axis=1)
     with tempfile.TemporaryDirectory() as tmp:
-        if sources is not None:
-            np.save(Path(tmp) / "sources.npy", sources)
+        for name, value in (("sources", sources), ("seeds", seeds), ("masks", masks)):
+            if value is not None:
+                np.save(Path(tmp) / f"{name}.npy", value)
         try:
             mp.spawn(_shard_worker, args=(str(ckpt.path), to_container(cfg), rows, devices, tmp),
                      nprocs=len(devices), join=True)

@@ -1,18 +1,21 @@
 """Real slices as starting points: the source cache's checks, SDEdit's choice of source slices, and the
-lesion-free sources and real lesion-mask bank of inpainting."""
+real lesion-mask bank (training-split masks) with its placements: inpainting's random placement inside a
+source's brain, and generate --masks bank's small jitter inside the z-bin's prior."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from ..config import SPLITS
 from ..errors import UserError
 
 
-def open_source_cache(path: str | Path, split: str, cfg, classes: list[str]):
-    """The slice cache behind --source, refused in one line unless its slices fit the checkpoint's model."""
+def open_source_cache(path: str | Path, split: str, cfg, classes: list[str], option: str = "--source"):
+    """The slice cache behind --source (or `option`), refused in one line unless its slices fit the
+    checkpoint's model."""
     from ..data.cache import load_cache
 
     if split not in SPLITS:
@@ -30,8 +33,37 @@ def open_source_cache(path: str | Path, split: str, cfg, classes: list[str]):
     ]
     for ok, msg in problems:
         if not ok:
-            raise UserError(f"{cache.root}: {msg}; give --source the cache the checkpoint was trained on")
+            raise UserError(f"{cache.root}: {msg}; give {option} the cache the checkpoint was trained on")
     return cache
+
+
+def training_cache(path, ckpt, cfg, option: str = "--cache", require_fingerprint: bool = False):
+    """The cache the checkpoint was trained on: `path` (default: the checkpoint's data.cache_dir), refused
+    in one line unless its fingerprint is the one the checkpoint recorded: the bank's masks and the
+    reference segmenter come from that very cache's training split (another cache's training subjects
+    may be this one's test subjects). A checkpoint that recorded none (an older jsddpm) is refused when
+    `require_fingerprint`, else the cache is used with a printed note."""
+    path = path if path is not None else (str(cfg.data.cache_dir) if cfg.data.cache_dir else None)
+    if path is None:
+        raise UserError(f"{ckpt.path}: its config names no data.cache_dir; give {option} the cache the checkpoint "
+                        "was trained on")
+    cache = open_source_cache(path, "train", cfg, ckpt.classes, option)
+    check_trained_on(cache, ckpt, option, require_fingerprint)
+    return cache
+
+
+def check_trained_on(cache, ckpt, option: str = "--cache", require_fingerprint: bool = False) -> None:
+    """`training_cache`'s fingerprint check on an open cache."""
+    recorded = ckpt.cache_fingerprint
+    if recorded is None:
+        unverified = f"{ckpt.path} records no training-cache fingerprint (an older checkpoint)"
+        if require_fingerprint:
+            raise UserError(f"{unverified}: cannot check that {cache.root} is its training cache, so its bank "
+                            "masks might be test subjects'; retrain with this version")
+        print(f"note: {unverified}; {cache.root} is taken as its training cache unchecked", flush=True)
+    elif recorded != cache.fingerprint:
+        raise UserError(f"{cache.root}: not the cache {ckpt.path} was trained on (fingerprint {cache.fingerprint}, "
+                        f"the checkpoint's {recorded}); give {option} its training cache")
 
 
 def diffusion_data(cache, rows: np.ndarray, joint_mask: bool) -> np.ndarray:
@@ -65,3 +97,97 @@ def sdedit_source_rows(cache, split: str, zbins, labels, indices, seed: int, use
             order[key] = np.random.default_rng(derive_seed(seed, *key)).permutation(candidates)
         out[k] = order[key][int(i) % len(order[key])]
     return out
+
+
+# ------------------------------------------------------------------------- the real lesion-mask bank
+def nearest_zbin_rows(cache, rows: np.ndarray, zbin: int) -> np.ndarray:
+    """The `rows` at `zbin`, else at the nearest z-bins that have some (`rows` non-empty)."""
+    distance = np.abs(cache.index["zbin"][rows] - zbin)
+    return rows[distance == distance.min()]
+
+
+def bank_candidates(cache, zbin: int, subject: str | None = None) -> np.ndarray:
+    """Train-split lesion slices (of subjects other than `subject`, when given) at `zbin`, else at the
+    nearest z-bins that have some. Never another split: the bank's masks become training pairs."""
+    idx = cache.index
+    rows = np.flatnonzero((idx["split"] == "train") & (idx["has_lesion"] == 1))
+    if subject is not None:
+        rows = rows[idx["subject_id"][rows] != subject]
+    if len(rows) == 0:
+        who = "another training subject" if subject is not None else "a training subject"
+        raise UserError(f"{cache.root}: no lesion mask of {who} for the bank; use --masks generated")
+    return nearest_zbin_rows(cache, rows, zbin)
+
+
+def crop_to_content(mask: np.ndarray) -> np.ndarray:
+    ys, xs = np.nonzero(mask)
+    return mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+
+
+def rotated(shape: np.ndarray, degrees: float) -> np.ndarray | None:
+    """A cropped bool mask rotated by `degrees` and cropped again; None when nothing is left. Padded and
+    interpolated linearly, then cut at 1/2: keeps the area (nearest-neighbour rotation of a small mask
+    loses up to half of it at the edges)."""
+    padded = np.pad(shape.astype(np.float32), 2)
+    out = ndimage.rotate(padded, degrees, order=1, reshape=True) >= 0.5
+    return crop_to_content(out) if out.any() else None
+
+
+def place_mask(mask: np.ndarray, allowed: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+    """`mask` (bool, non-empty) flipped left-right with probability 1/2, rotated by a uniform angle and
+    put at a uniform position where all of it lies inside `allowed`; None when it fits nowhere."""
+    shape = crop_to_content(mask)
+    if rng.random() < 0.5:
+        shape = shape[:, ::-1]
+    shape = rotated(shape, rng.uniform(0.0, 360.0))
+    if shape is None:
+        return None
+    h, w = shape.shape
+    H, W = allowed.shape
+    if h > H or w > W:
+        return None
+    # top-left corners (y, x) at which every mask pixel lands on an allowed pixel
+    outside = (~allowed).astype(np.float32)
+    hits = ndimage.correlate(outside, shape.astype(np.float32), mode="constant", cval=1.0,
+                             origin=(-(h // 2), -(w // 2)))
+    corners = np.argwhere(hits[:H - h + 1, :W - w + 1] < 0.5)
+    if len(corners) == 0:
+        return None
+    y, x = corners[rng.integers(len(corners))]
+    placed = np.zeros_like(allowed)
+    placed[y:y + h, x:x + w] = shape
+    return placed if not (placed & ~allowed).any() else None
+
+
+JITTER_DEGREES = 15.0  # generate --masks bank with sample.mask_augment: the largest turn of a bank mask
+JITTER_SHIFT = 1 / 16  # ... and its largest shift, as a fraction of the side (3 px at 48 px)
+JITTER_TRIES = 20  # jitters tried before the mask is kept as it is
+
+
+def jitter_mask(mask: np.ndarray, allowed: np.ndarray, rng: np.random.Generator, degrees: float = JITTER_DEGREES,
+                shift: float = JITTER_SHIFT, tries: int = JITTER_TRIES) -> np.ndarray:
+    """A variation of `mask` (bool (H, W)) near where it is: mirrored left-right across the image's
+    midline with probability 1/2 (the other hemisphere), turned by up to `degrees` about its box's centre
+    and shifted by up to `shift` x the side, lying wholly inside `allowed`; the mask itself when no try
+    fits (or it is empty)."""
+    if not mask.any():
+        return mask.copy()
+    H, W = mask.shape
+    most = max(int(round(shift * max(H, W))), 0)
+    for _ in range(tries):
+        base = mask[:, ::-1] if rng.random() < 0.5 else mask
+        ys, xs = np.nonzero(base)
+        centre = ((ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2)
+        shape = rotated(crop_to_content(base), rng.uniform(-degrees, degrees))
+        dy, dx = rng.integers(-most, most + 1, size=2)
+        if shape is None:
+            continue
+        h, w = shape.shape
+        y, x = int(round(centre[0] - (h - 1) / 2)) + dy, int(round(centre[1] - (w - 1) / 2)) + dx
+        if y < 0 or x < 0 or y + h > H or x + w > W:
+            continue
+        placed = np.zeros_like(mask, dtype=bool)
+        placed[y:y + h, x:x + w] = shape
+        if not (placed & ~allowed).any():
+            return placed
+    return mask.copy()

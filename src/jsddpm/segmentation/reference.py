@@ -117,6 +117,21 @@ def load_segmenter(path) -> Segmenter:
     return Segmenter(model.eval(), info)
 
 
+def segmenter_store(cache_root) -> Path:
+    """THE place a cache's reference segmenters live, so that generation's fidelity filter and the
+    diagnostics find one another's: `<cache>/segmenters/` (beside the slices they learn; the cache
+    fingerprint covers index.csv and stats.json only, so the cache stays the same cache), or, when the cache
+    folder cannot be written (a shared read-only cache), `$XDG_CACHE_HOME/jsddpm/segmenters/` (default
+    ~/.cache/jsddpm/segmenters/): the file names hold the cache fingerprint, so one folder serves every
+    cache."""
+    import os
+
+    inside = Path(cache_root) / "segmenters"
+    if os.access(inside if inside.is_dir() else Path(cache_root), os.W_OK):
+        return inside
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jsddpm" / "segmenters"
+
+
 def reference_segmenter(cache, cfg, store_dir, progress=None) -> Segmenter:
     """The reference segmenter of `cache` (a `SliceCache` or its folder) under `cfg` (the config or its
     diagnostics section: the `utility_*` keys, `seed`, `utility_train_split`): loaded from `store_dir` when
