@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,15 +204,17 @@ def test_a_synthetic_set_without_lesions_is_a_maximal_pairing_deviation(parts, s
 
 # --------------------------------------------------------------------------- run-all end to end
 def test_run_all_stores_the_segmenter_and_reuses_it(demo_cache, tmp_path, capsys, monkeypatch, one_thread):
-    """run-all trains the reference segmenter into its output folder, writes pairing.csv and the report
-    section; a later run finds the same file in `diagnostics.segmenter_dir` or in the synthetic set's
-    generation folder, and does not train again."""
+    """run-all trains the reference segmenter into the cache's store (<cache>/segmenters/, where
+    generation's fidelity filter looks too), writes pairing.csv and the report section; a later run finds
+    the same file in `diagnostics.segmenter_dir` or in the synthetic set's generation folder, and does not
+    train again."""
     import shutil
 
     from jsddpm.cli import main
     from jsddpm.data.cache import load_cache
     from jsddpm.segmentation import reference
 
+    demo_cache = Path(shutil.copytree(demo_cache, tmp_path / "cache"))  # its own store, apart from other tests
     c = load_cache(demo_cache)
     idx = c.indices("val")
     gen = tmp_path / "gen"
@@ -223,7 +226,8 @@ def test_run_all_stores_the_segmenter_and_reuses_it(demo_cache, tmp_path, capsys
     diag = json.loads((first / "diagnostics.json").read_text())
     seg = diag["pairing"]["segmenter"]
     assert diag["families"]["pairing"]["status"] == "ok" and seg["source"] == "trained"
-    stored = first / f"segmenter-{seg['key']}.pt"
+    stored = demo_cache / "segmenters" / f"segmenter-{seg['key']}.pt"
+    assert not list(first.glob("segmenter-*.pt"))
     assert stored.is_file() and seg["path"] == str(stored)
     assert {"pairing_dice", "pairing_dice_real", "pairing_dice_ratio", "lesion_contrast_real",
             "lesion_contrast_synth", "lesion_contrast_ratio"} <= set(diag["metrics"])
@@ -234,9 +238,12 @@ def test_run_all_stores_the_segmenter_and_reuses_it(demo_cache, tmp_path, capsys
     assert "14. Pairing" in html and (first / "figures" / "pairing.png").is_file()
     assert (first / "figures" / "pairing_worst.png").is_file()
 
+    elsewhere = tmp_path / "segmenters"
+    elsewhere.mkdir()
+    stored = Path(shutil.move(stored, elsewhere / stored.name))  # the cache's store is empty again
     monkeypatch.setattr(reference, "train_reference", lambda *a, **k: pytest.fail("trained again"))
     assert main(["diagnose", "run-all", "--real", str(demo_cache), "--synthetic", str(gen), "--out",
-                 str(tmp_path / "d2"), "--only", "pairing", *TINY, f"diagnostics.segmenter_dir={first}"]) == 0
+                 str(tmp_path / "d2"), "--only", "pairing", *TINY, f"diagnostics.segmenter_dir={elsewhere}"]) == 0
     again = json.loads((tmp_path / "d2" / "diagnostics.json").read_text())
     assert again["pairing"]["segmenter"]["source"] == "loaded"
     assert again["metrics"]["pairing_dice"] == diag["metrics"]["pairing_dice"]

@@ -281,8 +281,8 @@ class DiagnosticsConfig:
     utility_real_fractions: list[float] = field(default_factory=list)
     # pairing (run-all family): folder of the reference lesion segmenter (trained on utility_train_split with
     # the utility_* settings): loaded from it when it holds the one of this cache and settings, else trained
-    # and stored there; "" = stored in the run's output folder (a synthetic set's generation folder holding
-    # the file is used first, so that pairing and generation's fidelity scores come from one segmenter)
+    # and stored there; "" = the cache's own store (<cache>/segmenters/, or the user cache folder for a
+    # read-only cache), where generation's fidelity filter keeps it too: both score with one segmenter
     segmenter_dir: str = ""
 
 

@@ -31,6 +31,7 @@ from ..io import (
     versions,
     write_run_record,
 )
+from ..segmentation import segmenter_store
 from . import report, report_html
 from .common import csv_text, json_text, jsonable
 from .families import BY_NAME, check_not_test_split, load_families
@@ -69,12 +70,13 @@ def _run_all(real_path, synthetic_path, out, cfg, train_path, image_channels, sy
         progress(f"diagnose: real {len(real)} ({real.source['kind']}), synthetic {len(synth)} "
                  f"({synth.source['kind']}), {real.images.shape[1]} image channel(s), "
                  f"{'with' if real.masks is not None and synth.masks is not None else 'without'} masks")
-    with atomic_dir(out) as tmp:  # made now: a segmenter trained here is stored in it (nothing left on failure)
+    with atomic_dir(out) as tmp:
         segmenter = None
         if real.source.get("kind") == "cache":  # else trained on --train, not stored
-            store = Path(dcfg.segmenter_dir) if dcfg.segmenter_dir else tmp
+            # the cache's own store by default: generation's fidelity filter keeps its segmenter there too
+            store = Path(dcfg.segmenter_dir) if dcfg.segmenter_dir else segmenter_store(real_path)
             segmenter = partial(stored_reference_segmenter, real_path, dcfg, store, _generation_folder(synth),
-                                None if dcfg.segmenter_dir else out, progress)
+                                None, progress)
         result = run_diagnostics(real, synth, dcfg, train=train, families=families, progress=progress,
                                  real_train=partial(real_training_set, real_path, real, dcfg, train, image_channels),
                                  segmenter=segmenter)
