@@ -199,6 +199,8 @@ FAMILIES: tuple[Family, ...] = (
     Family("feature_distance", "12. Feature distances (KID, FD)", module="feature_distance"),
     Family("utility", "13. Utility (lesion segmenters trained on real / synthetic / both)",
            frozenset({MASKS, REAL_TRAIN}), run=run_utility, section=utility_section),
+    # the last resampled family: run order (and so every earlier family's bootstrap seed) is unchanged
+    Family("structure", "14. Anatomy (symmetry, outline, mid-scale texture)", module="structure"),
 )
 BY_NAME = {f.name: f for f in FAMILIES}
 NAMES = tuple(BY_NAME)

@@ -146,7 +146,8 @@ METRICS: dict[str, list[MetricDoc]] = {
     ],
     "classifier": [
         MetricDoc("classifier_auc", "out-of-fold AUC of a small CNN trained to tell synthetic from real "
-                  "(subject-disjoint folds); `p_value`: label permutations, `repeat_aucs`: one per network",
+                  "(subject-disjoint folds); CI: cluster bootstrap, real subjects resampled whole (`ci_unit`); "
+                  "`p_value`: label permutations, `repeat_aucs`: one per network",
                   "0.5 (1 = always told apart)", "scores"),
         MetricDoc("classifier_auc_dithered", "the same after both sets are put onto the real data's intensity grid "
                   "with uniform dither (hides the quantisation fingerprint of integer scanners); `note` says when "
@@ -163,6 +164,25 @@ METRICS: dict[str, list[MetricDoc]] = {
                   "0 (can be slightly negative)"),
         MetricDoc("fd", "Frechet distance between Gaussians fitted to the same features", "0 (small positive at "
                   "finite sizes)"),
+    ],
+    "structure": [
+        MetricDoc("symmetry_real", "real set's mean left-right symmetry: per image, the correlation of the "
+                  "band-passed image (Gaussian sigma 1 minus sigma 4 px inside the brain, on a grid of longer side "
+                  "<= `diagnostics.structure_max_side`) with its reflection about the best of the candidate "
+                  "midlines through the brain's centroid (within 6 degrees of its principal axis or of the "
+                  "vertical)", "a property of the real data (reference)", "symmetry"),
+        MetricDoc("symmetry_synth", "the same for the synthetic set", SAME_AS_REAL, "symmetry"),
+        MetricDoc("asymmetry_ratio", "(1 - symmetry synthetic) / (1 - symmetry real); above 1 = less symmetric "
+                  "than real anatomy (no midline, unmatched hemispheres)", "1", "symmetry"),
+        MetricDoc("outline_roughness_ratio", "excess outline length, synthetic / real: per image the brain "
+                  "outline's perimeter over that of the outline smoothed at 2 px, minus 1; above 1 = ragged "
+                  "outlines", "1", "outline_roughness"),
+        MetricDoc("outline_solidity_ratio", "mean solidity (brain area / convex hull area), synthetic / real; "
+                  "below 1 = notches and bays in the outline", "1"),
+        MetricDoc("midscale_band_ratio", "(energy of the 2-4 px band / energy of the 4-8 px band) synthetic / "
+                  "real: Gaussian band-passes (sigma 1-2 and 2-4 px) inside the brain, 2 px from its outline; "
+                  "above 1 = blotchy texture without larger structure (also tiles shuffled within the brain), "
+                  "below 1 = blur", "1", "band_2-4_over_4-8_px"),
     ],
 }
 

@@ -60,6 +60,11 @@ SEVERITY_COMPONENTS: dict[str, str] = {
     "mask_mmd": "greater",
     "lesion_rate_diff": "greater",
     "lesion_count_ratio": "two-sided",
+    # structure family (anatomy): less symmetric or more ragged than real counts, more symmetric or smoother
+    # does not (a blur does both; it is the fine-detail components' finding); the 2-4 / 4-8 px balance both ways
+    "asymmetry_ratio": "greater",
+    "outline_roughness_ratio": "greater",
+    "midscale_band_ratio": "two-sided",
 }
 
 # absolute null-SD floors, in each metric's own units: the smallest difference the metric resolves
