@@ -141,7 +141,6 @@ def outline(roi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(roughness, solidity) per image: perimeter / perimeter of the smoothed outline, area / hull area."""
     N = len(roi)
     smooth = ndimage.gaussian_filter(roi.astype(np.float32), (0, OUTLINE_SIGMA, OUTLINE_SIGMA)) > 0.5
-
     p, p_smooth = contour_length(roi), contour_length(smooth)
     z, r, c = np.nonzero(roi)
     area = roi.sum(axis=(1, 2)).astype(np.float64)
