@@ -185,8 +185,8 @@ def test_groups_are_averaged_first_so_one_defect_fills_only_its_group():
     image_only = {n: r for n, r in metrics.items() if sev.SEVERITY_COMPONENTS[n].group not in
                   ("mask_morphology", "pairing")}
     res = sev.severity(image_only)
-    assert set(res["groups"]) == {"fine_detail", "intensity", "background", "spatial"}
-    assert res["severity"] == pytest.approx(res["groups"]["fine_detail"]["score"] / 4)
+    assert set(res["groups"]) == {"fine_detail", "intensity", "background", "spatial", "structure"}
+    assert res["severity"] == pytest.approx(res["groups"]["fine_detail"]["score"] / 5)
     assert "mask_mmd" in res["missing"] and "mask_mmd" not in res["component_set"]
 
 

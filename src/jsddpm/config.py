@@ -223,7 +223,7 @@ class DiagnosticsConfig:
     only: list[str] = field(default_factory=list)  # families to run (empty = all)
     skip: list[str] = field(default_factory=list)  # families to leave out
     classifier_folds: int = 5  # k of the real-vs-synthetic classifier's cross-fitting (subject-disjoint folds)
-    classifier_epochs: int = 10  # training epochs of the classifier in each fold
+    classifier_epochs: int = 15  # training epochs of the classifier in each fold (one-cycle learning rate)
     classifier_permutations: int = 1000  # label permutations of the AUC's p-value
     feature_extractor: str = "builtin"  # builtin (no pretrained weights) or a path to local weights
     seed: int = 0  # seed of bootstraps, null splits and the classifier
@@ -237,12 +237,13 @@ class DiagnosticsConfig:
     intensity_bins: int = 512  # fixed histogram grid on [-1, 1] for Wasserstein / KS of pixel pools
     memorization_max_side: int = 40  # nearest-neighbour search on block means of at most this side
     feature_extractor_channels: int = 0  # channels a local TorchScript extractor wants (0 = as stored)
+    structure_max_side: int = 64  # structure family's working grid: block means to this longer side (0 = native)
     # runner / classifier
     severity_z0: float = 2.0  # a severity component counts only beyond this many null SDs from the null level
     severity_scale: float = 1.0  # multiplies every severity component's magnitude scale E (1 = the documented E)
     zbin_min_samples: int = 8  # z-bins with fewer real or synthetic samples get no per-z-bin breakdown
     classifier_crop: int = 64  # random training crops (full resolution, keeps fingerprints); 0 = whole image
-    classifier_batch_size: int = 64  # training batch (smaller on tiny sets: at least 8 steps per epoch)
+    classifier_batch_size: int = 32  # training batch (smaller on tiny sets: at least 8 steps per epoch)
     classifier_lr: float = 3e-3  # Adam learning rate of the classifier
     classifier_dither_step: float = 0.0  # intensity grid step for dithering; 0 = estimate from the real set, < 0 = none
     # networks trained per fold with different seeds; their per-image score ranks are averaged (the AUC of
@@ -465,6 +466,8 @@ def validate(cfg: Any, where: str, overrides=()) -> None:
         (cfg.diagnostics.n_null_repeats >= 2, "diagnostics.n_null_repeats must be at least 2 (a null SD needs two)"),
         (0 < cfg.diagnostics.fdr_alpha < 1, "diagnostics.fdr_alpha must be in (0, 1)"),
         (cfg.diagnostics.glcm_levels >= 2, "diagnostics.glcm_levels must be at least 2"),
+        (cfg.diagnostics.structure_max_side == 0 or cfg.diagnostics.structure_max_side >= 16,
+         "diagnostics.structure_max_side must be 0 (native) or at least 16 pixels"),
         (cfg.diagnostics.classifier_folds >= 2, "diagnostics.classifier_folds must be at least 2 (cross-fitting)"),
         (cfg.diagnostics.severity_z0 >= 0, "diagnostics.severity_z0 must be >= 0"),
         (cfg.diagnostics.severity_scale > 0, "diagnostics.severity_scale must be > 0"),

@@ -261,6 +261,8 @@ FAMILIES: tuple[Family, ...] = (
            frozenset({MASKS, REAL_TRAIN}), run=run_utility, section=utility_section),
     Family("pairing", "14. Pairing (does the image agree with its mask)", frozenset({MASKS, REAL_TRAIN}),
            run=run_pairing, section=pairing_section),
+    # the last resampled family: run order (and so every earlier family's bootstrap seed) is unchanged
+    Family("structure", "15. Anatomy (symmetry, outline, mid-scale texture)", module="structure"),
 )
 BY_NAME = {f.name: f for f in FAMILIES}
 NAMES = tuple(BY_NAME)

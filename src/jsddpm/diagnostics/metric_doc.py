@@ -147,7 +147,8 @@ METRICS: dict[str, list[MetricDoc]] = {
     ],
     "classifier": [
         MetricDoc("classifier_auc", "out-of-fold AUC of a small CNN trained to tell synthetic from real "
-                  "(subject-disjoint folds); `p_value`: label permutations, `repeat_aucs`: one per network",
+                  "(subject-disjoint folds); CI: cluster bootstrap, real subjects resampled whole (`ci_unit`); "
+                  "`p_value`: label permutations, `repeat_aucs`: one per network",
                   "0.5 (1 = always told apart)", "scores"),
         MetricDoc("classifier_auc_dithered", "the same after both sets are put onto the real data's intensity grid "
                   "with uniform dither (hides the quantisation fingerprint of integer scanners); `note` says when "
@@ -182,6 +183,25 @@ METRICS: dict[str, list[MetricDoc]] = {
         MetricDoc("lesion_contrast_synth", "the same for the synthetic lesions", SAME_AS_REAL),
         MetricDoc("lesion_contrast_ratio", "synthetic / real lesion contrast; below 1 = fainter lesions than real",
                   "1"),
+    ],
+    "structure": [
+        MetricDoc("symmetry_real", "real set's mean left-right symmetry: per image, the correlation of the "
+                  "band-passed image (Gaussian sigma 1 minus sigma 4 px inside the brain, on a grid of longer side "
+                  "<= `diagnostics.structure_max_side`) with its reflection about the best of the candidate "
+                  "midlines through the brain's centroid (within 6 degrees of its principal axis or of the "
+                  "vertical)", "a property of the real data (reference)", "symmetry"),
+        MetricDoc("symmetry_synth", "the same for the synthetic set", SAME_AS_REAL, "symmetry"),
+        MetricDoc("asymmetry_ratio", "(1 - symmetry synthetic) / (1 - symmetry real); above 1 = less symmetric "
+                  "than real anatomy (no midline, unmatched hemispheres)", "1", "symmetry"),
+        MetricDoc("outline_roughness_ratio", "excess outline length, synthetic / real: per image the brain "
+                  "outline's perimeter over that of the outline smoothed at 2 px, minus 1; above 1 = ragged "
+                  "outlines", "1", "outline_roughness"),
+        MetricDoc("outline_solidity_ratio", "mean solidity (brain area / convex hull area), synthetic / real; "
+                  "below 1 = notches and bays in the outline", "1"),
+        MetricDoc("midscale_band_ratio", "(energy of the 2-4 px band / energy of the 4-8 px band) synthetic / "
+                  "real: Gaussian band-passes (sigma 1-2 and 2-4 px) inside the brain, 2 px from its outline; "
+                  "above 1 = blotchy texture without larger structure (also tiles shuffled within the brain), "
+                  "below 1 = blur", "1", "band_2-4_over_4-8_px"),
     ],
 }
 
@@ -221,7 +241,8 @@ def link(name: str, base: str | None = None) -> tuple[str, str] | None:
 
 
 MAGNITUDES = {"distance": "value - null_mean", "difference": "|value - null_mean|",
-              "ratio": "|ln(value / null_mean)|", "relative": "|ln((1 + value) / (1 + null_mean))|"}
+              "ratio": "|ln(value / null_mean)|", "ratio_above": "ln(value / null_mean), above the null only",
+              "relative": "|ln((1 + value) / (1 + null_mean))|"}
 
 
 def _component_cell(comp) -> str:

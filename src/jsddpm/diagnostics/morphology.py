@@ -83,9 +83,7 @@ def lesion_table(masks: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
     eccentricity = np.where(l1 > 0, np.sqrt(np.clip(1 - l2 / np.where(l1 > 0, l1, 1), 0, 1)), 0.0)
 
     # marching-squares contour on the padded label stack: each 2 x 2 cell belongs to its one lesion
-    padded = np.pad(labels, ((0, 0), (1, 1), (1, 1)))
-    corners = (padded[:, :-1, :-1], padded[:, :-1, 1:], padded[:, 1:, :-1], padded[:, 1:, 1:])
-    code = sum((k > 0).astype(np.int64) << b for b, k in enumerate(corners))
+    code, corners = _cells(labels)
     cell_label = np.maximum.reduce(corners)
     edge = (code > 0) & (code < 15)
     cl = cell_label[edge] - 1
@@ -106,6 +104,21 @@ def lesion_table(masks: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
         "minor_axis": 4 * np.sqrt(l2),
     }
     return table, owner
+
+
+def _cells(labels: np.ndarray) -> tuple[np.ndarray, tuple]:
+    """Marching-squares code of every 2 x 2 cell of the zero-padded (N, H, W) stack (bits: inside
+    corners, see _CELL_LENGTH) and the four corner views."""
+    padded = np.pad(labels, ((0, 0), (1, 1), (1, 1)))
+    corners = (padded[:, :-1, :-1], padded[:, :-1, 1:], padded[:, 1:, :-1], padded[:, 1:, 1:])
+    return sum((k > 0).astype(np.int64) << b for b, k in enumerate(corners)), corners
+
+
+def contour_length(binary: np.ndarray) -> np.ndarray:
+    """(N,) total marching-squares contour length of each image of an (N, H, W) bool stack (all its
+    pieces together; the same lengths as the per-lesion perimeters)."""
+    code, _ = _cells(binary)
+    return _CELL_LENGTH[code].sum(axis=(1, 2))
 
 
 def hull_areas(lab: np.ndarray, r: np.ndarray, c: np.ndarray, n: int) -> np.ndarray:

@@ -51,6 +51,15 @@ MEANING = {
                               "the masks)"),
     "kid": ("features of a fixed network are distributed differently from real (KID)", ""),
     "fd": ("features of a fixed network are distributed differently from real (Frechet distance)", ""),
+    "asymmetry_ratio": ("the two hemispheres mirror each other less than in real brains (no midline, no "
+                        "symmetric anatomy)", ""),
+    "outline_roughness_ratio": ("brain outlines are more ragged than real ones",
+                                "brain outlines are smoother than real ones"),
+    "outline_solidity_ratio": ("brain outlines are more convex than real ones",
+                               "brain outlines have more notches and bays than real ones"),
+    "midscale_band_ratio": ("texture at 2-4 px is strong relative to the 4-8 px structures of real anatomy "
+                            "(blotchy texture, structure broken up)",
+                            "texture at 2-4 px is weak relative to 4-8 px structures (smoothed detail)"),
     "memorization_ratio": ("synthetic samples are no closer to training images than new real images are",
                            "synthetic samples sit closer to training images than new real images do "
                            "(possible memorisation)"),
@@ -124,10 +133,11 @@ def classifier_sentence(metrics: dict) -> str | None:
     auc, auc_d = metrics.get("classifier_auc"), metrics.get("classifier_auc_dithered")
     if not auc:
         return None
+    unit = f", resampling {auc['ci_unit']}" if auc.get("ci_unit") else ""
     text = (f"A small CNN separates real from synthetic images with out-of-fold AUC {_num(auc['value'])} "
-            f"(95% CI {_num(auc.get('ci_low'))}–{_num(auc.get('ci_high'))}, "
+            f"(95% CI {_num(auc.get('ci_low'))}–{_num(auc.get('ci_high'))}{unit}, "
             f"permutation p = {_num(auc.get('p_value'))}; "
-            f"0.5 = indistinguishable, 1 = always told apart).")
+            f"0.5 = indistinguishable, 1 = always told apart). {classifier_verdict(auc)}")
     repeats = auc.get("repeat_aucs") or []
     if len(repeats) > 1:
         text += (f" It averages {len(repeats)} networks per fold; single networks scored "
@@ -140,6 +150,21 @@ def classifier_sentence(metrics: dict) -> str | None:
                  + ("; the gap suggests part of the signal is the quantisation fingerprint, not anatomy."
                     if gap > 0.05 else "."))
     return text
+
+
+def classifier_verdict(auc: dict) -> str:
+    """How strong the classifier's finding is, read off its CI (clustered by subject)."""
+    lo, hi = auc.get("ci_low"), auc.get("ci_high")
+    if lo is None or hi is None:
+        return ""
+    if lo >= 0.9:
+        return "A severe finding: nearly every synthetic image is told from real ones."
+    if lo > 0.5:
+        return "A finding: the sets differ in a way the network can learn."
+    if hi < 0.5:
+        return ("Below chance: with few real subjects the network learned the training subjects rather than a "
+                "difference; not a finding.")
+    return "Not a finding: the interval holds 0.5."
 
 
 class Html(str):

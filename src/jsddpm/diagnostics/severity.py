@@ -81,6 +81,7 @@ SEVERITY_GROUPS: dict[str, str] = {
     "spatial": "spatial correlation (grain size)",
     "mask_morphology": "mask morphology (lesion shapes, rates, counts)",
     "pairing": "pairing (does the image agree with its mask)",
+    "structure": "anatomy (symmetry about the midline, brain outline, mid-scale texture)",
 }
 
 
@@ -89,8 +90,9 @@ class Component:
     """A severity component: its group, how its deviation is measured, and the scale of that deviation.
 
     kind: "distance" (one-sided: value - null_mean, only above the null counts), "ratio" (|ln(value /
-    null_mean)|), "relative" (a relative difference v = ratio - 1: |ln((1 + v) / (1 + null_mean))|) or
-    "difference" (|value - null_mean|). scale: E, the deviation in those units that scores 1 - 1/e."""
+    null_mean)|), "ratio_above" (one-sided: ln(value / null_mean), only above the null counts), "relative"
+    (a relative difference v = ratio - 1: |ln((1 + v) / (1 + null_mean))|) or "difference" (|value -
+    null_mean|). scale: E, the deviation in those units that scores 1 - 1/e."""
 
     group: str
     kind: str
@@ -98,7 +100,7 @@ class Component:
 
     @property
     def sided(self) -> str:
-        return "greater" if self.kind == "distance" else "two-sided"
+        return "greater" if self.kind in ("distance", "ratio_above") else "two-sided"
 
 
 LN2, LN4 = math.log(2.0), math.log(4.0)
@@ -120,6 +122,11 @@ SEVERITY_COMPONENTS: dict[str, Component] = {
     "boundary_sharpness_ratio": Component("pairing", "ratio", LN2),  # lesion-edge slope: half or double
     "pairing_dice_ratio": Component("pairing", "ratio", LN2),  # segmenter-vs-mask Dice: half the real one
     "lesion_contrast_ratio": Component("pairing", "ratio", LN2),  # lesion minus surround: half or double
+    # anatomy: less symmetric or more ragged than real counts, more symmetric or smoother does not (a blur
+    # does both: the fine-detail group's finding); the 2-4 / 4-8 px band balance counts both ways
+    "asymmetry_ratio": Component("structure", "ratio_above", math.log(1.5)),  # half again as asymmetric
+    "outline_roughness_ratio": Component("structure", "ratio_above", LN2),  # twice the excess outline
+    "midscale_band_ratio": Component("structure", "ratio", 0.2),  # 2-4 vs 4-8 px balance off by ~20%
 }
 
 # null-SD floors for degenerate nulls (zero variance) only, in each metric's own units: the smallest
@@ -206,7 +213,9 @@ def magnitude(comp: Component, value: float, null_mean: float) -> float:
     if comp.kind == "difference":
         return abs(value - null_mean)
     a, b = _ratio_levels(comp, value, null_mean)
-    return math.inf if a <= 0 else abs(math.log(a / b))
+    if a <= 0:
+        return math.inf
+    return max(math.log(a / b), 0.0) if comp.kind == "ratio_above" else abs(math.log(a / b))
 
 
 def _ratio_levels(comp: Component, value: float, null_mean: float) -> tuple[float, float]:
