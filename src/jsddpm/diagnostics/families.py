@@ -190,7 +190,11 @@ def run_utility(sets: Sets, cfg, progress=None) -> FamilyResult:
 
     check_not_test_split(sets, cfg)
     train = sets.real_train
-    result = utility.run_utility(train, sets.synthetic, sets.real, cfg, progress=progress)
+    try:  # the pairing family's reference segmenter is the real arm's first seed: trained once for both
+        reference = sets.reference_segmenter(cfg, progress)
+    except UserError:
+        reference = None  # utility says why itself
+    result = utility.run_utility(train, sets.synthetic, sets.real, cfg, progress=progress, reference=reference)
     record = jsonable({k: v for k, v in result.items() if k != "examples"})
     record.update({f"{role}_set": s.source for role, s in (("train", train), ("synthetic", sets.synthetic),
                                                           ("test", sets.real))})
