@@ -187,6 +187,8 @@ def test_arms_use_all_synthetic_slices_and_stratified_fractions_and_a_ratio_swee
     assert set(real25) <= set(fit)
     assert len(arms["real_25pct_plus_synthetic"][1]) == len(real25)
     assert set(arms["real_25pct_plus_synthetic"][1]) <= set(arms["real_plus_synthetic"][1])  # a prefix of one order
+    other = utility.arm_training_sets(fit, subject, has_lesion, 37, cfg, np.random.default_rng(0))
+    assert np.array_equal(other["real_25pct"][0], real25)  # the real subset does not depend on the synthetic set
     pairs = utility._difference_pairs(arms)
     assert ("real_25pct_plus_synthetic_x2", "real_25pct") in pairs and ("synthetic", "real") in pairs
 

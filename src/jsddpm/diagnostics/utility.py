@@ -145,7 +145,10 @@ def arm_training_sets(fit: np.ndarray, subject: np.ndarray | None, has_lesion: n
                       rng: np.random.Generator) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """arm -> (real slice indices into the real training set, synthetic slice indices). `fit`: the real
     training rows left after the validation carve; `subject`, `has_lesion`: per real training row."""
-    synth_order = rng.permutation(n_synth)  # one fixed order: smaller arms take a prefix of the same slices
+    # Two independent streams: the real subsets must not depend on how many synthetic slices there are
+    # (one stream shared made `real_25pct` differ between synthetic sets, though it sees none of them).
+    synth_rng, real_rng = rng.spawn(2)
+    synth_order = synth_rng.permutation(n_synth)  # one fixed order: smaller arms take a prefix of the same slices
     empty = np.array([], dtype=np.int64)
 
     def synth_for(n_real: int, ratio: float) -> np.ndarray:
@@ -165,7 +168,7 @@ def arm_training_sets(fit: np.ndarray, subject: np.ndarray | None, has_lesion: n
         # stratified: the fraction of the subjects with lesions and of those without, so the arm sees lesions
         with_lesion = np.unique(units[has_lesion[fit]])
         groups = (with_lesion, np.setdiff1d(np.unique(units), with_lesion))
-        keep = np.concatenate([g[rng.permutation(len(g))[:max(1, int(round(float(f) * len(g))))]]
+        keep = np.concatenate([g[real_rng.permutation(len(g))[:max(1, int(round(float(f) * len(g))))]]
                                for g in groups if len(g)])
         real_f = fit[np.isin(units, keep)]
         name = f"real_{round(100 * float(f))}pct"
