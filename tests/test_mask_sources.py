@@ -322,6 +322,32 @@ def test_inpaint_scores_with_the_reference_segmenter_stored_beside_the_cache(ckp
     assert (out / "fidelity.csv").is_file() and len(s["images"]) == 3
 
 
+def test_inpainting_gives_a_mask_conditioned_network_the_target_mask(ckpt, cache, demo_cache, tmp_path, monkeypatch):
+    """With a mask-conditioned checkpoint the network is told the target mask: the lesion region changes
+    with the mask guidance, and guidance 0 is the joint mode (mask known only through the kept channel);
+    outside the generated ring the source and the given mask stay exact either way."""
+    from jsddpm.checkpoint import Checkpoint
+    from jsddpm.generation import inpaint as inpaint_module
+
+    def run(name: str, *extra: str) -> dict:
+        out = tmp_path / name
+        assert main(["inpaint", "--ckpt", str(ckpt), "--source", str(demo_cache), "--out", str(out), "--n", "3",
+                     "inpaint.resample=0", "inpaint.steps=4", *extra]) == 0
+        return load(out)
+
+    given, guidance0 = run("given"), run("g0", "sample.mask_guidance=0")
+    monkeypatch.setattr(Checkpoint, "mask_conditioned", property(lambda self: False))
+    joint = run("joint")
+    for s in (given, guidance0, joint):
+        np.testing.assert_array_equal(s["images"][:, 1], joint["images"][:, 1])  # the same bank masks, exact
+    ring = inpaint_module.dilate_in_plane(joint["images"][:, 1] > 0, 3)
+    for s in (given, guidance0):
+        source = cache.joint(s["source_index"])
+        np.testing.assert_array_equal(s["images"][:, 0][~ring], source[:, 0][~ring])
+    np.testing.assert_allclose(guidance0["images"], joint["images"], atol=1e-4)
+    assert np.abs(given["images"][:, 0][ring] - joint["images"][:, 0][ring]).max() > 1e-2
+
+
 def test_segmenter_store_falls_back_to_the_user_cache_for_a_read_only_cache(tmp_path, monkeypatch):
     import os
 

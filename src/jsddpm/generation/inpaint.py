@@ -136,7 +136,11 @@ def inpaint_batch(net, cfg, ckpt: Checkpoint, cache, rows, seeds, label: int, ma
     generated = dilate_in_plane(targets, int(cfg.inpaint.dilate_px))
     keep = np.ones_like(known, dtype=bool)
     keep[:, :image_channels] = ~generated[:, None]
-    images = sample_batch(net, cfg, zbins, labels, seeds, priors, device, source=known, keep=keep, z=z)
+    # A mask-conditioned network is told the target mask too (its image-given-mask mode, guided by
+    # sample.mask_guidance; 0 = the joint mode, the mask known only through the kept channel).
+    condition = known[:, -1:] if ckpt.mask_conditioned else None
+    images = sample_batch(net, cfg, zbins, labels, seeds, priors, device, source=known, keep=keep, z=z,
+                          mask=condition)
     check_finite(images, ckpt.path)
     return {"images": postprocess(images, True), "zbin": zbins, "label": labels, "z": z, "source": src}
 
@@ -233,5 +237,6 @@ def inpaint(ckpt_path: str | Path, source: str | Path, out: str | Path, split: s
         shown = np.linspace(0, len(kept) - 1, min(len(kept), 16)).round().astype(int)
         save_png(tmp / "grid_inpaint.png", comparison_grid(res["source"][shown], res["images"][shown]))
         write_run_record(tmp, cfg)
-    print(f"inpaint: {len(kept)} results ({masks} masks) -> {Path(out) / 'samples.npz'}")
+    given = f", the mask given at mask guidance {cfg.sample.mask_guidance:g}" if ckpt.mask_conditioned else ""
+    print(f"inpaint: {len(kept)} results ({masks} masks{given}) -> {Path(out) / 'samples.npz'}")
     return Path(out)
