@@ -288,14 +288,15 @@ def status_note(status: dict) -> str:
 def utility_section_body(util: dict, figures: dict[str, bytes]) -> str:
     """The verdict, the arms table with CIs, the differences, the figures and how they were made."""
     parts = [f"<p><b>{html.escape(util.get('verdict', ''))}</b></p>"]
-    head = ("arm", "real + synthetic slices", "steps (per seed)", *UTILITY_METRIC_LABELS.values())
+    head = ("arm", "real + synthetic slices", "steps (per seed) / cap", *UTILITY_METRIC_LABELS.values())
 
     def cell(r):
         return f"{_num(r['value'])} ({_num(r['ci_low'])} – {_num(r['ci_high'])})"
 
     def steps(r):
         used = "/".join(str(s) for s in r.get("steps", []))
-        return used + ("" if r.get("converged", True) else " (not converged)")
+        cap = f" / {r['max_steps']}" if "max_steps" in r else ""
+        return used + cap + ("" if r.get("converged", True) else " (not converged)")
 
     rows = [(a, f"{r['n_real']} + {r['n_synthetic']}", steps(r), *(cell(r[m]) for m in UTILITY_METRIC_LABELS))
             for a, r in util.get("arms", {}).items()]
@@ -312,7 +313,8 @@ def utility_section_body(util: dict, figures: dict[str, bytes]) -> str:
     parts.append(
         f"<p class='note'>Each arm trains {len(st.get('seeds', []))} small UNets (seeds {st.get('seeds')}) on "
         f"batches of {st.get('batch_size')} slices until their Dice on validation subjects carved from the real "
-        f"training set stops improving (at most {st.get('max_steps')} steps; best weights kept); scored on "
+        f"training set stops improving (at most {st.get('max_steps')} steps for the real arm, more for an arm "
+        "with more lesion slices, so that each lesion slice can be shown as often; best weights kept); scored on "
         f"{te.get('n_slices')} held-out real slices ({te.get('n_lesion_slices')} with lesions, "
         f"{te.get('n_lesions')} lesions). Value = mean over seeds; 95% CI: t-interval with test "
         f"{html.escape(str(te.get('resampling_unit', '')))} and seeds as crossed random factors; differences "
