@@ -118,7 +118,8 @@ def generate_stage(ckpt: Path, out: Path, spec: dict, overrides: Sequence[str] =
 
 
 def inpaint_stage(ckpt: Path, cache_dir: Path, out: Path, n: int = 8, log: Log = print) -> Path:
-    """Lesions inpainted into real lesion-free train slices (bank masks): the report's example row."""
+    """Lesions inpainted into real lesion-free train slices (bank masks; the checkpoint's inpaint.*
+    settings): the demo's training pairs."""
     from .generation.inpaint import inpaint
 
     if (out / "samples.npz").is_file():
@@ -126,22 +127,50 @@ def inpaint_stage(ckpt: Path, cache_dir: Path, out: Path, n: int = 8, log: Log =
         return out
     t0 = time.perf_counter()
     inpaint(ckpt, cache_dir, out, n=n)
-    log(f"inpaint: {n} results in {time.perf_counter() - t0:.0f} s")
+    log(f"inpaint: {n} pairs in {time.perf_counter() - t0:.0f} s")
     return out
 
 
-def inpainted_report(diag_dir: Path, inpainted_dir: Path, log: Log = print) -> Path:
-    """The diagnostics report with a section showing the inpainting grid: stored in the diagnostics
+def pairs_report(diag_dir: Path, pairs_dir: Path, pairs_diag_dir: Path, log: Log = print) -> Path:
+    """The generated set's report with a section on the training pairs: their grid, pairing numbers and
+    the utility test, all of which describe the pairs (not the generated set). Stored in the diagnostics
     folder (so `jsddpm diagnose report` keeps it) and re-rendered; returns its report.html."""
-    from .diagnostics.report_html import Section, img
+    import html
+
+    from .diagnostics.report_html import Section, img, utility_section_body
     from .diagnostics.stage import add_report_section
 
-    png = (inpainted_dir / "grid_inpaint.png").read_bytes()
-    body = ("<p>Real lesion-free training slices with a real lesion mask of another subject inpainted "
-            "(<code>jsddpm inpaint</code>): source | result | mask | |difference|. Outside the dilated mask "
-            f"the result is the source, exactly.</p>{img(png, 'inpainted examples')}")
-    report = add_report_section(diag_dir, "inpainted", Section("Inpainted lesions", body, {"inpainted": png}))
-    log(f"report: inpainted lesions added to {report}")
+    pairs_diag = json.loads((pairs_diag_dir / "diagnostics.json").read_text())
+    util = pairs_diag.get("utility") or {}
+    metrics = pairs_diag.get("metrics", {})
+    grid = (pairs_dir / "grid_inpaint.png").read_bytes()
+    shown = [pairs_diag_dir / "figures" / f"{k}.png" for k in ("utility_bars", "utility_examples")]
+    util_figures = {f.stem: f.read_bytes() for f in shown if f.is_file()}
+
+    def row(name: str, meaning: str) -> str:
+        m = metrics.get(name)
+        if not m or m.get("value") is None:
+            return ""
+        ci = "" if m.get("ci_low") is None else f" ({m['ci_low']:.2f} – {m['ci_high']:.2f})"
+        return f"<tr><td>{name}</td><td>{m['value']:.3f}{ci}</td><td>{html.escape(meaning)}</td></tr>"
+
+    with np.load(pairs_dir / "samples.npz") as f:
+        n = len(f["images"])
+    body = (f"<p>The demo's training pairs: {n} real lesion-free training slices, each with a real lesion mask of "
+            "another training subject inpainted (<code>jsddpm inpaint --masks bank</code>): source | result | mask | "
+            "|difference|. Outside the dilated mask the result is the source, exactly. The numbers in this section "
+            "describe these pairs; the sections above describe the fully generated set.</p>"
+            + img(grid, "training pairs")
+            + "<table><tr><th>metric</th><th>value (95% CI)</th><th>1 = like real pairs</th></tr>"
+            + row("pairing_dice_ratio", "the reference segmenter's Dice against the pairs' masks / against real masks")
+            + row("lesion_contrast_ratio", "lesion contrast against its 2-4 px ring, pairs / real")
+            + row("lesion_count_ratio", "lesions per lesion slice, pairs / real")
+            + "</table>" + utility_section_body(util, util_figures)
+            + f"<p class='note'>All diagnostics of the pairs: {html.escape(str(pairs_diag_dir / 'report.html'))}</p>")
+    figures = {"pairs_grid": grid, **{f"pairs_{k}": v for k, v in util_figures.items()}}
+    report = add_report_section(diag_dir, "pairs", Section("Training pairs: lesions inpainted into real slices",
+                                                           body, figures))
+    log(f"report: the training pairs' section added to {report}")
     return report
 
 
