@@ -322,23 +322,23 @@ def test_inpaint_scores_with_the_reference_segmenter_stored_beside_the_cache(ckp
     assert (out / "fidelity.csv").is_file() and len(s["images"]) == 3
 
 
-def test_inpainting_gives_a_mask_conditioned_network_the_target_mask(ckpt, cache, demo_cache, tmp_path, monkeypatch):
-    """With a mask-conditioned checkpoint the network is told the target mask: the lesion region changes
-    with the mask guidance, and guidance 0 is the joint mode (mask known only through the kept channel);
-    outside the generated ring the source and the given mask stay exact either way."""
-    from jsddpm.checkpoint import Checkpoint
+def test_inpainting_can_give_a_mask_conditioned_network_the_target_mask(ckpt, cache, demo_cache, tmp_path, capsys):
+    """inpaint.mask_condition=true tells a mask-conditioned network the target mask: the lesion region
+    changes with it, and mask guidance 0 is the joint mode (the default: the mask known only through the
+    kept channel); outside the generated ring the source and the given mask stay exact either way. A
+    network trained without mask conditioning is refused in one line."""
     from jsddpm.generation import inpaint as inpaint_module
 
-    def run(name: str, *extra: str) -> dict:
+    def run(name: str, *extra: str, model=ckpt) -> dict | None:
         out = tmp_path / name
-        assert main(["inpaint", "--ckpt", str(ckpt), "--source", str(demo_cache), "--out", str(out), "--n", "3",
-                     "inpaint.resample=0", "inpaint.steps=4", *extra]) == 0
-        return load(out)
+        code = main(["inpaint", "--ckpt", str(model), "--source", str(demo_cache), "--out", str(out), "--n", "3",
+                     "inpaint.resample=0", "inpaint.steps=4", *extra])
+        return load(out) if code == 0 else None
 
-    given, guidance0 = run("given"), run("g0", "sample.mask_guidance=0")
-    monkeypatch.setattr(Checkpoint, "mask_conditioned", property(lambda self: False))
     joint = run("joint")
-    for s in (given, guidance0, joint):
+    given = run("given", "inpaint.mask_condition=true")
+    guidance0 = run("g0", "inpaint.mask_condition=true", "sample.mask_guidance=0")
+    for s in (given, guidance0):
         np.testing.assert_array_equal(s["images"][:, 1], joint["images"][:, 1])  # the same bank masks, exact
     ring = inpaint_module.dilate_in_plane(joint["images"][:, 1] > 0, 3)
     for s in (given, guidance0):
@@ -346,6 +346,16 @@ def test_inpainting_gives_a_mask_conditioned_network_the_target_mask(ckpt, cache
         np.testing.assert_array_equal(s["images"][:, 0][~ring], source[:, 0][~ring])
     np.testing.assert_allclose(guidance0["images"], joint["images"], atol=1e-4)
     assert np.abs(given["images"][:, 0][ring] - joint["images"][:, 0][ring]).max() > 1e-2
+
+    from jsddpm.config import load_config
+
+    cfg = load_config(None, [*TINY64[:-1], f"data.cache_dir={demo_cache}"])  # without model.mask_conditioning
+    plain = write_random_checkpoint(tmp_path / "plain.ckpt", cfg, 0.1, cache.classes, cache.priors, None,
+                                    cache_fingerprint=cache.fingerprint)
+    capsys.readouterr()
+    assert run("refused", "inpaint.mask_condition=true", model=plain) is None
+    one_line_error(capsys, "inpaint.mask_condition=true needs a model trained with model.mask_conditioning=true")
+    assert not (tmp_path / "refused").exists()
 
 
 def test_segmenter_store_falls_back_to_the_user_cache_for_a_read_only_cache(tmp_path, monkeypatch):

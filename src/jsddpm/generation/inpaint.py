@@ -136,9 +136,9 @@ def inpaint_batch(net, cfg, ckpt: Checkpoint, cache, rows, seeds, label: int, ma
     generated = dilate_in_plane(targets, int(cfg.inpaint.dilate_px))
     keep = np.ones_like(known, dtype=bool)
     keep[:, :image_channels] = ~generated[:, None]
-    # A mask-conditioned network is told the target mask too (its image-given-mask mode, guided by
-    # sample.mask_guidance; 0 = the joint mode, the mask known only through the kept channel).
-    condition = known[:, -1:] if ckpt.mask_conditioned else None
+    # inpaint.mask_condition: a mask-conditioned network is told the target mask too (its image-given-mask
+    # mode, guided by sample.mask_guidance); else the joint mode, the mask known through the kept channel
+    condition = known[:, -1:] if cfg.inpaint.mask_condition else None
     images = sample_batch(net, cfg, zbins, labels, seeds, priors, device, source=known, keep=keep, z=z,
                           mask=condition)
     check_finite(images, ckpt.path)
@@ -201,6 +201,9 @@ def inpaint(ckpt_path: str | Path, source: str | Path, out: str | Path, split: s
     if not ckpt.joint:
         raise UserError(f"{ckpt_path}: the model draws images without masks (model.joint_mask=false); "
                         "inpaint needs a joint image + mask model")
+    if cfg.inpaint.mask_condition and not ckpt.mask_conditioned:
+        raise UserError(f"{ckpt_path}: inpaint.mask_condition=true needs a model trained with "
+                        "model.mask_conditioning=true; drop the override or train such a model")
     label = lesion_label(ckpt.classes, int(cfg.model.num_classes))
     scoring = cfg.sample.min_fidelity is not None or bool(cfg.sample.score_fidelity)
     cache = open_source_cache(source, split, cfg, ckpt.classes)
@@ -237,6 +240,6 @@ def inpaint(ckpt_path: str | Path, source: str | Path, out: str | Path, split: s
         shown = np.linspace(0, len(kept) - 1, min(len(kept), 16)).round().astype(int)
         save_png(tmp / "grid_inpaint.png", comparison_grid(res["source"][shown], res["images"][shown]))
         write_run_record(tmp, cfg)
-    given = f", the mask given at mask guidance {cfg.sample.mask_guidance:g}" if ckpt.mask_conditioned else ""
+    given = f", the mask given at mask guidance {cfg.sample.mask_guidance:g}" if cfg.inpaint.mask_condition else ""
     print(f"inpaint: {len(kept)} results ({masks} masks{given}) -> {Path(out) / 'samples.npz'}")
     return Path(out)
