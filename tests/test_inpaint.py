@@ -278,3 +278,17 @@ def test_generated_and_inpainted_sets_record_the_cache_their_checkpoint_was_trai
             assert f["cache_fingerprint"].shape == () and str(f["cache_fingerprint"]) == fingerprint
     with np.load(tmp_path / "old" / "samples.npz") as f:
         assert "cache_fingerprint" not in f.files
+
+
+def test_inpainting_has_its_own_guidance_scale():
+    """inpaint.guidance_scale replaces sample.guidance_scale for inpainting only (null: the sample one)."""
+    from jsddpm.config import load_config
+    from jsddpm.draw import sampler_settings
+
+    cfg = load_config(None, ["sample.guidance_scale=1.5"])
+    assert sampler_settings(cfg, inpainting=True)["guidance_scale"] == 1.5
+    cfg = load_config(None, ["sample.guidance_scale=1.5", "inpaint.guidance_scale=3"])
+    assert sampler_settings(cfg, inpainting=True)["guidance_scale"] == 3.0
+    assert sampler_settings(cfg)["guidance_scale"] == 1.5  # plain generation keeps its own
+    with pytest.raises(UserError, match="inpaint.guidance_scale must be null"):
+        load_config(None, ["inpaint.guidance_scale=-1"])

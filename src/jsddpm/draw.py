@@ -50,7 +50,8 @@ def given_masks(cfg, mask, batch: int, mask_conditioned: bool) -> torch.Tensor:
 
 def sampler_settings(cfg, inpainting: bool = False) -> dict:
     """Keyword arguments of `diffusion.sample` (and of `diffusion.inpaint.sample_known`) from the config;
-    with `inpainting`, inpaint.sampler / inpaint.steps (capped at diffusion.timesteps) / inpaint.resample."""
+    with `inpainting`, inpaint.sampler / inpaint.steps (capped at diffusion.timesteps) / inpaint.resample /
+    inpaint.guidance_scale (when set)."""
     s = cfg.sample
     settings = dict(prediction_type=cfg.diffusion.prediction_type, sampler=s.sampler, steps=int(s.steps),
                     eta=float(s.eta), clip_x0=bool(cfg.diffusion.clip_x0),
@@ -60,6 +61,8 @@ def sampler_settings(cfg, inpainting: bool = False) -> dict:
         p = cfg.inpaint
         settings.update(sampler=p.sampler, steps=min(int(p.steps), int(cfg.diffusion.timesteps)),
                         eta=float(s.eta) if p.sampler == "ddim" else 0.0, resample=int(p.resample))
+        if p.guidance_scale is not None:
+            settings["guidance_scale"] = float(p.guidance_scale)
     return settings
 
 
