@@ -148,9 +148,9 @@ main() {
     local diag=(diagnostics.n_bootstrap=100 diagnostics.n_null_repeats=5 diagnostics.classifier_epochs=5
                 diagnostics.classifier_repeats=1)
     if (( DRY )); then
-        demo=(--config demo_cpu --subjects 8 --patients 4 --minutes 0.5 data.image_size=32
+        demo=(--config demo_cpu --subjects 8 --patients 4 --minutes 0.5 --pairs 4 data.image_size=32
               model.attention_resolutions=[8] train.max_steps=3 train.cpu_threads=1
-              sample.steps=4 diagnostics.n_bootstrap=2 diagnostics.n_null_repeats=2
+              sample.steps=4 inpaint.steps=4 diagnostics.n_bootstrap=2 diagnostics.n_null_repeats=2
               diagnostics.classifier_epochs=1 diagnostics.classifier_folds=2 diagnostics.classifier_permutations=10
               diagnostics.classifier_repeats=1 diagnostics.utility_steps=3 diagnostics.utility_seeds=1
               diagnostics.utility_workers=1)
