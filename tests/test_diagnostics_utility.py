@@ -316,3 +316,43 @@ def test_cli_utility_and_run_all_family_write_outputs_and_a_criteria_row(demo_ca
     cfg = load_config(None, []).diagnostics
     assert wants_utility(cfg) and not wants_utility(load_config(None, ["diagnostics.skip=[utility]"]).diagnostics)
     assert not wants_utility(load_config(None, ["diagnostics.only=[spectral]"]).diagnostics)
+
+
+def test_sigterm_stops_the_utility_workers_at_once(demo_cache, tmp_path):
+    """SIGTERM while worker processes train segmenters: exit 130 within seconds (the queued segmenters are
+    not run first: ~14 x 5 s here), no worker left behind, no output folder."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "u"
+    cmd = [sys.executable, "-m", "jsddpm.cli", "diagnose", "utility", "--real", str(demo_cache), "--synthetic",
+           str(demo_cache), "--synthetic-split", "val", "--out", str(out), "diagnostics.utility_steps=200",
+           "diagnostics.utility_patience=0", "diagnostics.utility_workers=2", "diagnostics.utility_seeds=5"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"), start_new_session=True)
+
+    def group() -> list[str]:
+        return subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
+
+    try:
+        deadline = time.perf_counter() + 120
+        while len(group()) < 3 and time.perf_counter() < deadline:  # the reference trains, then the workers
+            time.sleep(0.5)
+        assert len(group()) >= 3, "the utility workers never started"
+        time.sleep(4)  # the spawned workers import torch and start training
+        t0 = time.perf_counter()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 130
+        assert time.perf_counter() - t0 < 10
+        deadline = time.perf_counter() + 10
+        while group() and time.perf_counter() < deadline:
+            time.sleep(0.5)
+        left = [subprocess.run(["ps", "-o", "args=", "-p", p], capture_output=True, text=True).stdout for p in group()]
+        assert left == []  # no worker left behind
+        assert not out.exists()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

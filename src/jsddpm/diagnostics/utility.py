@@ -282,7 +282,8 @@ def _train_all(pools: tuple, arms: dict, seeds: list[int], settings: dict, worke
 
     # spawn, not fork: forking a process whose OpenMP runtime is initialised can deadlock the child
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=pools) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=pools)
+    try:
         futures = {pool.submit(_fit_predict, *arms[arm], settings[arm], seed): (arm, k)
                    for arm, k, seed in jobs}
         for arm in arms:  # report arms in order, as soon as each is complete
@@ -290,6 +291,15 @@ def _train_all(pools: tuple, arms: dict, seeds: list[int], settings: dict, worke
                 if a == arm:
                     results[arm][k] = fut.result()
             report(arm)
+    except BaseException:
+        # Ctrl+C / SIGTERM (or a failed job): leaving the executor normally would first run every queued
+        # segmenter (minutes); cancel those and stop the running ones (Python < 3.14 has no public call)
+        running = list((pool._processes or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in running:
+            proc.terminate()
+        raise
+    pool.shutdown()
 
 
 def _reference_matches(reference, train, settings, seed: int) -> bool:
