@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import paint_lesions
 from scipy import ndimage
 
 from jsddpm.config import load_config
@@ -67,22 +68,6 @@ def test_lesion_contrast_is_inside_minus_ring_in_brain_sd_units():
 
 
 # ------------------------------------------------------------------------- a trained segmenter
-def _paint_lesions(images: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Half of the slices get one bright disc (radius 1.5-3 px) centred on a random brain pixel."""
-    n, _, h, w = images.shape
-    yy, xx = np.mgrid[:h, :w]
-    out, masks = images.copy(), np.zeros((n, h, w), bool)
-    for i in np.flatnonzero(rng.random(n) < 0.5):
-        ys, xs = np.nonzero(images[i, 0] > -0.5)
-        if not len(ys):
-            continue
-        j = rng.integers(len(ys))
-        disc = (yy - ys[j]) ** 2 + (xx - xs[j]) ** 2 <= rng.uniform(1.5, 3.0) ** 2
-        masks[i] = disc
-        out[i, 0][disc] = np.minimum(out[i, 0][disc] + 0.6, 1.0)
-    return out, masks
-
-
 @pytest.fixture(scope="module")
 def parts(demo_cache):
     """Three slice sets of the demo phantom at 32 px with painted lesions: the segmenter's training set,
@@ -95,7 +80,7 @@ def parts(demo_cache):
     every = load_set(demo_cache, "real", "all")
     small = F.avg_pool2d(torch.from_numpy(every.images), 2).numpy()
     rng = np.random.default_rng(0)
-    images, masks = _paint_lesions(small, rng)
+    images, masks = paint_lesions(small, rng)
     order = rng.permutation(len(images))
     k = len(order) // 3
     return [ImageSet(images[np.sort(order[i * k:(i + 1) * k])], masks[np.sort(order[i * k:(i + 1) * k])],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import paint_lesions
 
 from jsddpm.config import load_config
 from jsddpm.diagnostics import utility
@@ -21,22 +22,6 @@ FAST = ["diagnostics.utility_seeds=1", "diagnostics.utility_steps=150", "diagnos
 
 def _cfg(*extra):
     return load_config(None, FAST + list(extra)).diagnostics
-
-
-def _paint_lesions(images: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Half of the slices get one bright disc (radius 1.5-3 px) centred on a random brain pixel."""
-    n, _, h, w = images.shape
-    yy, xx = np.mgrid[:h, :w]
-    out, masks = images.copy(), np.zeros((n, h, w), bool)
-    for i in np.flatnonzero(rng.random(n) < 0.5):
-        ys, xs = np.nonzero(images[i, 0] > -0.5)
-        if not len(ys):
-            continue
-        j = rng.integers(len(ys))
-        disc = (yy - ys[j]) ** 2 + (xx - xs[j]) ** 2 <= rng.uniform(1.5, 3.0) ** 2
-        masks[i] = disc
-        out[i, 0][disc] = np.minimum(out[i, 0][disc] + 0.6, 1.0)
-    return out, masks
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +36,7 @@ def phantom_parts(demo_cache):
     every = load_set(demo_cache, "real", "all")
     small = F.avg_pool2d(torch.from_numpy(every.images), 2).numpy()  # 64 -> 32 px
     rng = np.random.default_rng(0)
-    images, masks = _paint_lesions(small, rng)
+    images, masks = paint_lesions(small, rng)
     order = rng.permutation(len(images))
     k = len(order) // 3
     return [ImageSet(images[np.sort(order[i * k:(i + 1) * k])], masks[np.sort(order[i * k:(i + 1) * k])],
