@@ -40,7 +40,8 @@ import numpy as np
 from scipy.stats import rankdata
 
 from ..errors import UserError
-from .common import metric, one_torch_thread
+from ..segmentation import one_torch_thread
+from .common import metric
 
 NAME = "classifier"
 CONTRAST_JITTER = 0.2  # training augmentation: image-channel gain 1 +- this (see _augment)

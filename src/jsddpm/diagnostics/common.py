@@ -74,21 +74,6 @@ def _f(x):
 
 
 @contextlib.contextmanager
-def one_torch_thread():
-    """The diagnostics' networks (classifier, utility segmenters) are small: thread synchronisation costs
-    more than it saves (8x slower with two threads on a busy two-core machine), so they train on one
-    intra-op thread."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-@contextlib.contextmanager
 def one_blas_thread():
     """`compare` re-runs on small matrices hundreds of times: multi-threaded BLAS only adds
     synchronisation there (100x slower on a busy 2-core machine), so those loops run single-threaded."""

@@ -98,8 +98,9 @@ def split_for_validation(masks: np.ndarray, subject: np.ndarray | None, settings
 
 @contextmanager
 def one_torch_thread() -> Iterator[None]:
-    """The segmenter is small: thread synchronisation costs more than it saves (8x slower with two threads
-    on a busy two-core machine), so it trains on one intra-op thread."""
+    """Small networks (these segmenters, the diagnostics' real-vs-synthetic classifier): thread
+    synchronisation costs more than it saves (8x slower with two threads on a busy two-core machine), so
+    they train on one intra-op thread."""
     import torch
 
     before = torch.get_num_threads()
