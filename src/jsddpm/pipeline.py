@@ -137,7 +137,7 @@ def pairs_report(diag_dir: Path, pairs_dir: Path, pairs_diag_dir: Path, log: Log
     folder (so `jsddpm diagnose report` keeps it) and re-rendered; returns its report.html."""
     import html
 
-    from .diagnostics.report_html import Section, img, utility_section_body
+    from .diagnostics.report_html import Section, img, table, utility_section_body
     from .diagnostics.stage import add_report_section
 
     pairs_diag = json.loads((pairs_diag_dir / "diagnostics.json").read_text())
@@ -146,26 +146,20 @@ def pairs_report(diag_dir: Path, pairs_dir: Path, pairs_diag_dir: Path, log: Log
     grid = (pairs_dir / "grid_inpaint.png").read_bytes()
     shown = [pairs_diag_dir / "figures" / f"{k}.png" for k in ("utility_bars", "utility_examples")]
     util_figures = {f.stem: f.read_bytes() for f in shown if f.is_file()}
-
-    def row(name: str, meaning: str) -> str:
+    meanings = {"pairing_dice_ratio": "the reference segmenter's Dice against the pairs' masks / against real masks",
+                "lesion_contrast_ratio": "lesion contrast against its 2-4 px ring, pairs / real"}
+    rows = []
+    for name, meaning in meanings.items():
         m = metrics.get(name)
-        if not m or m.get("value") is None:
-            return ""
-        ci = "" if m.get("ci_low") is None else f" ({m['ci_low']:.2f} – {m['ci_high']:.2f})"
-        return f"<tr><td>{name}</td><td>{m['value']:.3f}{ci}</td><td>{html.escape(meaning)}</td></tr>"
-
-    with np.load(pairs_dir / "samples.npz") as f:
-        n = len(f["images"])
-    body = (f"<p>The demo's training pairs: {n} real lesion-free training slices, each with a real lesion mask of "
-            "another training subject inpainted (<code>jsddpm inpaint --masks bank</code>): source | result | mask | "
-            "|difference|. Outside the dilated mask the result is the source, exactly. The numbers in this section "
-            "describe these pairs; the sections above describe the fully generated set.</p>"
-            + img(grid, "training pairs")
-            + "<table><tr><th>metric</th><th>value (95% CI)</th><th>1 = like real pairs</th></tr>"
-            + row("pairing_dice_ratio", "the reference segmenter's Dice against the pairs' masks / against real masks")
-            + row("lesion_contrast_ratio", "lesion contrast against its 2-4 px ring, pairs / real")
-            + row("lesion_count_ratio", "lesions per lesion slice, pairs / real")
-            + "</table>" + utility_section_body(util, util_figures)
+        if m and m.get("value") is not None:
+            ci = "" if m.get("ci_low") is None else f" ({m['ci_low']:.2f} – {m['ci_high']:.2f})"
+            rows.append((name, f"{m['value']:.3f}{ci}", meaning))
+    body = (f"<p>The demo's training pairs: {pairs_diag['synthetic_set']['n']} real lesion-free training slices, each "
+            "with a real lesion mask of another training subject inpainted (<code>jsddpm inpaint --masks bank</code>): "
+            "source | result | mask | |difference|. Outside the dilated mask the result is the source, exactly. The "
+            "numbers in this section describe these pairs; the sections above describe the fully generated set.</p>"
+            + img(grid, "training pairs") + table(("metric", "value (95% CI)", "1 = like real pairs"), rows)
+            + utility_section_body(util, util_figures)
             + f"<p class='note'>All diagnostics of the pairs: {html.escape(str(pairs_diag_dir / 'report.html'))}</p>")
     figures = {"pairs_grid": grid, **{f"pairs_{k}": v for k, v in util_figures.items()}}
     report = add_report_section(diag_dir, "pairs", Section("Training pairs: lesions inpainted into real slices",
