@@ -150,7 +150,7 @@ main() {
     if (( DRY )); then
         demo=(--config demo_cpu --subjects 8 --patients 4 --minutes 0.5 --pairs 4 data.image_size=32
               model.attention_resolutions=[8] train.max_steps=3 train.cpu_threads=1
-              sample.steps=4 inpaint.steps=4 diagnostics.n_bootstrap=2 diagnostics.n_null_repeats=2
+              sample.steps=4 inpaint.steps=4 inpaint.min_fidelity=0.0 diagnostics.n_bootstrap=2 diagnostics.n_null_repeats=2
               diagnostics.classifier_epochs=1 diagnostics.classifier_folds=2 diagnostics.classifier_permutations=10
               diagnostics.classifier_repeats=1 diagnostics.utility_steps=3 diagnostics.utility_seeds=1
               diagnostics.utility_workers=1)
@@ -163,7 +163,7 @@ main() {
               loss.lesion_weight=5.0 train.batch_size=32 train.lr=2e-4 train.warmup_steps=200 train.max_steps=6000
               train.val_every_n_epochs=10 train.val_max_samples=128 train.sample_every_n_epochs=50
               train.ckpt_every_n_steps=2000
-              sample.batch_size=256 "${diag[@]}")
+              sample.batch_size=256 inpaint.min_fidelity=0.3 sample.fidelity_tries=6 "${diag[@]}")
     fi
     step demo 600 "$PY" -m jsddpm.cli demo --out "$WORK/demo" "${demo[@]}" || failed=1
     copy_demo_results

@@ -367,3 +367,26 @@ def test_segmenter_store_falls_back_to_the_user_cache_for_a_read_only_cache(tmp_
     assert segmenter_store(tmp_path) == tmp_path / "segmenters"
     monkeypatch.setattr(os, "access", lambda path, mode: False)
     assert segmenter_store(tmp_path) == tmp_path / "user" / "jsddpm" / "segmenters"
+
+
+def test_inpaint_min_fidelity_filters_inpainted_pairs_in_place_of_sample_min_fidelity(ckpt, demo_cache, tmp_path,
+                                                                                     monkeypatch):
+    """inpaint.min_fidelity is the inpainted pairs' own threshold (the demo filters its training pairs but
+    not its generated set): it replaces sample.min_fidelity, here an unreachable 1.0, and is recorded."""
+    from jsddpm.generation import fidelity
+
+    segmenter = StandIn(0.0)
+    monkeypatch.setattr(fidelity, "reference_for", lambda cache, cfg, progress=None: segmenter)
+    def run(name: str, *overrides: str) -> int:
+        return main(["inpaint", "--ckpt", str(ckpt), "--source", str(demo_cache), "--out", str(tmp_path / name),
+                     "--n", "6", "inpaint.resample=0", "inpaint.steps=4", *overrides])
+
+    assert run("all", "sample.score_fidelity=true") == 0
+    scores = load(tmp_path / "all")["fidelity"]
+    threshold = float(np.sort(scores)[len(scores) // 2])  # about half pass at their first draw
+    assert 0 < threshold < 1
+    assert run("kept", "sample.min_fidelity=1.0", "sample.fidelity_tries=3", f"inpaint.min_fidelity={threshold}") == 0
+    kept = load(tmp_path / "kept")
+    assert (kept["fidelity"] >= threshold).all() and kept["min_fidelity"] == threshold
+    assert len(kept["images"]) >= 3
+    assert f"min_fidelity: {threshold}" in (tmp_path / "kept" / "config.yaml").read_text()

@@ -79,11 +79,12 @@ def retry_seeds(seeds: np.ndarray, attempt: int) -> np.ndarray:
 
 def draw_faithful(draw: Callable[[np.ndarray, np.ndarray], dict], seeds: np.ndarray,
                   score: Callable[[np.ndarray], np.ndarray] | None = None, threshold: float | None = None,
-                  tries: int = 1, progress: Callable[[str], None] | None = None) -> FaithfulDraws:
+                  tries: int = 1, progress: Callable[[str], None] | None = None,
+                  threshold_key: str = "sample.min_fidelity") -> FaithfulDraws:
     """Draw every requested pair (`draw(positions, seeds) -> {"images": (n, C+1, H, W), ...}` per-pair
     arrays for those positions of the request); with `score` ((n, C+1, H, W) -> (n,) fidelity) score each
     draw, and with a `threshold` redraw the pairs below it up to `tries` draws in all (module docstring).
-    Raises UserError when a threshold keeps no pair."""
+    Raises UserError when a threshold keeps no pair (`threshold_key`: the config key messages name)."""
     seeds = np.asarray(seeds, np.int64)
     pending = np.arange(len(seeds))
     rounds = int(tries) if threshold is not None else 1
@@ -107,8 +108,8 @@ def draw_faithful(draw: Callable[[np.ndarray, np.ndarray], dict], seeds: np.ndar
     log = {k: np.concatenate(v) for k, v in log.items()}
     kept = np.concatenate([p[0] for p in parts])
     if len(kept) == 0:
-        raise UserError(f"sample.min_fidelity={threshold}: no pair of {len(seeds)} reached it in "
-                        f"{rounds} draw(s) each (best {np.nanmax(log['fidelity']):.3f}); lower sample.min_fidelity "
+        raise UserError(f"{threshold_key}={threshold}: no pair of {len(seeds)} reached it in "
+                        f"{rounds} draw(s) each (best {np.nanmax(log['fidelity']):.3f}); lower {threshold_key} "
                         "or raise sample.fidelity_tries")
     order = np.argsort(kept, kind="stable")
     result = FaithfulDraws(
@@ -118,7 +119,7 @@ def draw_faithful(draw: Callable[[np.ndarray, np.ndarray], dict], seeds: np.ndar
         fidelity=None if score is None else np.concatenate([p[3] for p in parts])[order],
         log=log, requested=len(seeds), threshold=threshold)
     if len(pending):
-        print(f"warning: {len(pending)} of {len(seeds)} requested pairs never reached sample.min_fidelity="
+        print(f"warning: {len(pending)} of {len(seeds)} requested pairs never reached {threshold_key}="
               f"{threshold:g} in {rounds} draws each and were dropped: writing {len(kept)} pairs (keep rate "
               f"{result.keep_rate:.2f}; raise sample.fidelity_tries or lower the threshold for more)", flush=True)
     return result

@@ -18,8 +18,9 @@ prior = the source's z-bin's. The result's mask channel is the target exactly an
 source exactly outside the dilated mask.
 
 sample.min_fidelity / sample.score_fidelity score each result with the reference segmenter of --source
-(which must then be the checkpoint's training cache); a result below the threshold is drawn again with a
-derived seed (a new target placement and noise: `fidelity.draw_faithful`).
+(which must then be the checkpoint's training cache); a result below the threshold (inpaint.min_fidelity
+when set, else sample.min_fidelity) is drawn again with a derived seed (a new target placement and noise:
+`fidelity.draw_faithful`).
 """
 
 from __future__ import annotations
@@ -205,6 +206,9 @@ def inpaint(ckpt_path: str | Path, source: str | Path, out: str | Path, split: s
         raise UserError(f"{ckpt_path}: inpaint.mask_condition=true needs a model trained with "
                         "model.mask_conditioning=true; drop the override or train such a model")
     label = lesion_label(ckpt.classes, int(cfg.model.num_classes))
+    threshold_key = "sample.min_fidelity"
+    if cfg.inpaint.min_fidelity is not None:  # inpainted pairs' own threshold (config.yaml records it as applied)
+        cfg.sample.min_fidelity, threshold_key = cfg.inpaint.min_fidelity, "inpaint.min_fidelity"
     scoring = cfg.sample.min_fidelity is not None or bool(cfg.sample.score_fidelity)
     cache = open_source_cache(source, split, cfg, ckpt.classes)
     if scoring:  # the reference segmenter is the training cache's: --source must be that cache then
@@ -229,7 +233,7 @@ def inpaint(ckpt_path: str | Path, source: str | Path, out: str | Path, split: s
 
     with atomic_dir(out, overwrite=overwrite) as tmp:
         result = draw_faithful(draw, seeds, score, cfg.sample.min_fidelity, int(cfg.sample.fidelity_tries),
-                               progress=lambda msg: print(msg, flush=True))
+                               progress=lambda msg: print(msg, flush=True), threshold_key=threshold_key)
         res, kept = result.arrays, result.kept
         write_samples(tmp / "samples.npz", res["images"], res["zbin"], res["label"], int(cfg.data.n_zbins),
                       z=res["z"], index=indices[kept], seed=result.seeds, source_index=rows[kept],
