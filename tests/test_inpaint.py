@@ -230,6 +230,8 @@ def test_bank_mask_placement_lies_inside_the_allowed_region():
 class BlobNet(torch.nn.Module):
     """An x0-predicting stand-in: image 0, mask +1 on a 5 x 5 square at the centre, -1 elsewhere."""
 
+    condition_names = ()  # it takes no conditions
+
     def forward(self, x_t, t, **conditions):
         out = torch.zeros_like(x_t)
         out[:, 1] = -1.0

@@ -240,6 +240,7 @@ def test_sample_batch_given_masks_returns_them_exactly_in_one_forward_per_step()
         calls.append(args[0].shape[0])
         return net(*args, **kwargs)
 
+    recording.condition_names = net.condition_names  # the stand-in takes what the network takes
     masks, priors = binary_masks(3), torch.rand(4, SIZE, SIZE)
     args = (cfg, [0, 1, 3], [0, 1, 1], [5, 6, 7], priors, "cpu")
     out = sample_batch(recording, *args, mask=masks.numpy())

@@ -10,16 +10,13 @@ import torch
 from .errors import UserError
 
 
-def batch_conditions(cfg, zbins, labels, priors: torch.Tensor | None, device, z=None, mask=None) -> dict:
-    """The network's conditions for a batch to draw: class, z (default: the z-bin centre
-    (b + 0.5) / n_zbins) and the z-bin's prior map, each only when the model uses it; and the given masks
-    (B, 1, H, W) in {-1, +1} when `mask` is not None (None: withheld, the joint mode of a mask-conditioned
-    model)."""
-    from .model import condition_names
-
+def batch_conditions(names, cfg, zbins, labels, priors: torch.Tensor | None, device, z=None, mask=None) -> dict:
+    """The network's conditions for a batch to draw, of those it takes (`names`: its `condition_names`):
+    class, z (default: the z-bin centre (b + 0.5) / n_zbins) and the z-bin's prior map; and the given
+    masks (B, 1, H, W) in {-1, +1} when `mask` is not None (None: withheld, the joint mode of a
+    mask-conditioned model)."""
     zbins_t = torch.as_tensor(np.asarray(zbins), dtype=torch.long)
     conditions = {}
-    names = condition_names(cfg)
     if "label" in names:
         conditions["label"] = torch.as_tensor(np.asarray(labels), dtype=torch.long, device=device)
     if "z" in names:
@@ -90,7 +87,7 @@ def sample_batch(net, cfg, zbins, labels, seeds, priors: torch.Tensor | None = N
 
     device = torch.device(device)
     size = int(cfg.data.image_size)
-    conditions = batch_conditions(cfg, zbins, labels, priors, device, z, mask)
+    conditions = batch_conditions(net.condition_names, cfg, zbins, labels, priors, device, z, mask)
     denoiser = ConditionedDenoiser(net, **conditions)
     schedule = NoiseSchedule(cfg.diffusion.schedule, cfg.diffusion.timesteps)
     generators = generators_for(seeds, device)

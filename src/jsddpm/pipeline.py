@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,14 +104,16 @@ def trained_checkpoint(train_dir: Path) -> Path:
     raise FileNotFoundError(f"{ckpts}: training wrote no checkpoint")
 
 
-def generate_stage(ckpt: Path, out: Path, spec: dict, overrides: Sequence[str] = (), log: Log = print) -> Path:
+def generate_stage(ckpt: Path, out: Path, spec: dict, cfg: Any = None, log: Log = print) -> Path:
+    """Samples of `ckpt` matching `spec`; its model and diffusion settings are the checkpoint's, the sample
+    section `cfg`'s (None: the checkpoint's too)."""
     from .generation import generate
 
     if (out / "samples.npz").is_file():
         log(f"generate: reusing {out}")
         return out
     t0 = time.perf_counter()
-    generate(ckpt, out, spec=spec, overrides=list(overrides))
+    generate(ckpt, out, spec=spec, config=cfg)
     seconds, n = time.perf_counter() - t0, sum(c["count"] for c in spec["conditions"])
     log(f"generate: {n} samples in {seconds:.0f} s ({n / seconds:.1f}/s)")
     return out
@@ -190,12 +192,9 @@ def run_point(cfg: Any, cache_dir: Path, point_dir: Path, log: Log = print) -> P
     """train -> generate (matching the held-out split) -> diagnose for one config; resumable."""
     from omegaconf import OmegaConf
 
-    from .config import section_overrides
-
     cfg = OmegaConf.merge(cfg, {"data": {"cache_dir": str(cache_dir)}})
     ckpt = train_stage(cfg, point_dir / "train", log)
     spec = held_out_spec(cache_dir, str(cfg.diagnostics.real_split))
     # the generation stage reads model/diffusion from the checkpoint; the sample section from here
-    sample_overrides = section_overrides(cfg, "sample")
-    gen = generate_stage(ckpt, point_dir / "generated", spec, sample_overrides, log)
+    gen = generate_stage(ckpt, point_dir / "generated", spec, cfg, log)
     return diagnose_stage(cfg, cache_dir, gen, point_dir / "diagnostics", log)

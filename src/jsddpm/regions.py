@@ -2,15 +2,17 @@
 every metric family) and generation (inpainting places a lesion inside the brain), so it sits below both.
 
 Tissue classes for binary lesion masks:
-- head/brain ROI: pixels brighter than `cfg.roi_threshold` (default -0.9, just above the -1 background),
-  specks smaller than `cfg.roi_min_component` of the image area dropped, then holes filled (everything
+- head/brain ROI: pixels brighter than `threshold` (diagnostics.roi_threshold, -0.9: just above the -1
+  background), specks smaller than `min_component` (diagnostics.roi_min_component) of the image area
+  dropped, then holes filled (everything
   not 4-connected to the image border), so dark structures inside the head (ventricles, CSF) still
   belong to it; lesion pixels always do;
 - lesion = mask;
 - brain = ROI minus lesion;
 - background = outside the ROI.
 All morphology runs on the (N, H, W) stack with an in-plane structuring element, so samples never mix.
-`cfg` is the `diagnostics` config section (roi_threshold, roi_min_component).
+The rule's two numbers come as arguments, not as a config section: `diagnostics.regions` applies the
+diagnostics config, inpainting its own.
 """
 
 from __future__ import annotations
@@ -58,14 +60,14 @@ def _fingerprint(x: np.ndarray | None) -> tuple | None:
     return (x.shape, x.dtype.str, zlib.crc32(np.ascontiguousarray(x).view(np.uint8)))
 
 
-def brain_roi(g: np.ndarray, masks: np.ndarray | None, cfg) -> np.ndarray:
+def brain_roi(g: np.ndarray, masks: np.ndarray | None, threshold: float, min_component: float) -> np.ndarray:
     """(N, H, W) bool head/brain region of grayscale images `g` (see the module docstring)."""
-    key = (_fingerprint(g), _fingerprint(masks), cfg.roi_threshold, cfg.roi_min_component)
+    key = (_fingerprint(g), _fingerprint(masks), float(threshold), float(min_component))
     for k, roi in _ROI_CACHE:
         if k == key:
             return roi
-    roi = g > cfg.roi_threshold
-    roi = remove_small_components(roi, cfg.roi_min_component * g.shape[1] * g.shape[2])
+    roi = g > threshold
+    roi = remove_small_components(roi, min_component * g.shape[1] * g.shape[2])
     roi = fill_holes(roi)
     if masks is not None:
         roi |= masks
@@ -97,10 +99,11 @@ def fill_holes(binary: np.ndarray) -> np.ndarray:
     return ~outside[labels]
 
 
-def tissues(images: np.ndarray, masks: np.ndarray | None, cfg) -> dict[str, np.ndarray]:
+def tissues(images: np.ndarray, masks: np.ndarray | None, threshold: float,
+            min_component: float) -> dict[str, np.ndarray]:
     """Grayscale image and the tissue classes: {"gray", "roi", "lesion", "brain", "background"}."""
     g = gray(images)
     m = as_masks(masks, g.shape)
-    roi = brain_roi(g, m, cfg)
+    roi = brain_roi(g, m, threshold, min_component)
     lesion = m if m is not None else np.zeros_like(roi)
     return {"gray": g, "roi": roi, "lesion": lesion, "brain": roi & ~lesion, "background": ~roi}

@@ -8,7 +8,7 @@ from . import add_cohort_arguments, add_shared_options
 # on the demo (README, "Which synthetic pairs train a segmenter"), the only one whose pairs alone teach a
 # segmenter something (200 pairs: Dice 0.21 vs 0.06 for the fully generated set, real 0.59), and more
 # when only the pairs whose lesion the reference segmenter finds are kept (the preset's inpaint.min_fidelity:
-# 64 pairs 0.45). 64 keep the demo within 10 minutes (their filtered inpainting ~1 min, utility ~2.5 min)
+# 64 pairs 0.45). 64 keep the demo within 10 minutes (their filtered inpainting ~40 s, utility ~2 min)
 DEMO_PAIRS = 64
 
 

@@ -28,7 +28,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from ..generation import generate, read_spec
 
-    generate(args.ckpt, args.out, spec=read_spec(args.spec), config_path=args.config,
+    generate(args.ckpt, args.out, spec=read_spec(args.spec), config=args.config,
              overrides=args.overrides, overwrite=args.overwrite, source=args.source, split=args.split,
              masks=args.masks, cache=args.cache, mask_zbins=args.mask_zbins)
     return 0

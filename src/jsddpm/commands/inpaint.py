@@ -23,5 +23,5 @@ def run(args) -> int:
     from ..generation.inpaint import inpaint
 
     inpaint(args.ckpt, args.source, args.out, split=args.split, masks=args.masks, n=args.n,
-            config_path=args.config, overrides=args.overrides, overwrite=args.overwrite)
+            config=args.config, overrides=args.overrides, overwrite=args.overwrite)
     return 0

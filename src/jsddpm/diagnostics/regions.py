@@ -1,22 +1,32 @@
 """Region helpers of the metric families: lesion-centred patches and block-mean downsampling. The
 tissue classes (brain ROI, lesion, brain, background) live in `jsddpm.regions`, below the stages, since
-inpainting uses them too; they are re-exported here.
+inpainting uses them too; `brain_roi` and `tissues` here apply the diagnostics config's ROI rule
+(diagnostics.roi_threshold, roi_min_component) to them.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .. import regions
 from ..regions import (  # noqa: F401  (the families' region vocabulary, re-exported)
     IN_PLANE_4,
     IN_PLANE_8,
     as_masks,
-    brain_roi,
     fill_holes,
     gray,
     remove_small_components,
-    tissues,
 )
+
+
+def brain_roi(g: np.ndarray, masks: np.ndarray | None, cfg) -> np.ndarray:
+    """`regions.brain_roi` under the diagnostics section `cfg`'s ROI rule."""
+    return regions.brain_roi(g, masks, float(cfg.roi_threshold), float(cfg.roi_min_component))
+
+
+def tissues(images: np.ndarray, masks: np.ndarray | None, cfg) -> dict[str, np.ndarray]:
+    """`regions.tissues` under the diagnostics section `cfg`'s ROI rule."""
+    return regions.tissues(images, masks, float(cfg.roi_threshold), float(cfg.roi_min_component))
 
 
 def lesion_patches(g: np.ndarray, masks: np.ndarray, size: int):

@@ -247,13 +247,10 @@ def stored_reference_segmenter(real_path, dcfg, store_dir, lookup=(), shown_dir=
     `store_dir`. `shown_dir`: the folder the file will end up in when `store_dir` is a temporary one
     (the output folder under construction); its info's `path` names it."""
     from ..data.cache import load_cache
-    from ..segmentation import reference_segmenter, segmenter_key, settings_from_config
+    from ..segmentation import reference_segmenter
 
-    cache = load_cache(real_path)
-    key = segmenter_key(cache.fingerprint, settings_from_config(dcfg), int(dcfg.seed), str(dcfg.utility_train_split))
-    folder = next((Path(d) for d in lookup if d and (Path(d) / f"segmenter-{key}.pt").is_file()), Path(store_dir))
-    seg = reference_segmenter(cache, dcfg, folder, progress)
-    if shown_dir is not None and folder == Path(store_dir):
+    seg = reference_segmenter(load_cache(real_path), dcfg, store_dir, progress, lookup)
+    if shown_dir is not None and Path(seg.info["path"]).parent == Path(store_dir):
         seg.info["path"] = str(Path(shown_dir) / Path(seg.info["path"]).name)
     return seg
 

@@ -26,6 +26,7 @@ when set, else sample.min_fidelity) is drawn again with a derived seed (a new ta
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -55,8 +56,9 @@ def lesion_label(classes: list[str], num_classes: int) -> int:
 
 
 def allowed_regions(images: np.ndarray, zbins: np.ndarray, priors, diag_cfg) -> np.ndarray:
-    """(n, H, W) bool: the sources' brain ROI inside the support of their z-bin's prior map."""
-    roi = brain_roi(gray(images), None, diag_cfg)
+    """(n, H, W) bool: the sources' brain ROI (the diagnostics' ROI rule) inside the support of their
+    z-bin's prior map."""
+    roi = brain_roi(gray(images), None, float(diag_cfg.roi_threshold), float(diag_cfg.roi_min_component))
     if priors is None:
         return roi
     return roi & (np.asarray(priors)[zbins] > 0)
@@ -180,7 +182,7 @@ def check_result_count(n: int, cfg, memory_bytes: int | None = None) -> None:
 
 
 def inpaint(ckpt_path: str | Path, source: str | Path, out: str | Path, split: str = "train",
-            masks: str = "bank", n: int = 32, config_path: str | None = None, overrides=(),
+            masks: str = "bank", n: int = 32, config: Any = None, overrides=(),
             overwrite: bool = False) -> Path:
     """The `jsddpm inpaint` stage. Returns the output folder."""
     import torch
@@ -197,7 +199,7 @@ def inpaint(ckpt_path: str | Path, source: str | Path, out: str | Path, split: s
         raise UserError(f"--n {n}: give at least 1 result")
     check_output_folder(out, overwrite, (ckpt_path, source))
     ckpt = Checkpoint.load(ckpt_path)
-    cfg = resolve_generation_config(ckpt, config_path, overrides, extra_sections=("inpaint",))
+    cfg = resolve_generation_config(ckpt, config, overrides, extra_sections=("inpaint",))
     check_result_count(n, cfg)
     if not ckpt.joint:
         raise UserError(f"{ckpt_path}: the model draws images without masks (model.joint_mask=false); "

@@ -15,12 +15,13 @@ from .sampling import sample_devices, sample_sharded
 from .spec import expand, parse_spec, sample_seeds
 
 
-def resolve_generation_config(ckpt: Checkpoint, config_path: str | None = None, overrides=(),
+def resolve_generation_config(ckpt: Checkpoint, config: Any = None, overrides=(),
                               extra_sections: tuple[str, ...] = ()) -> Any:
-    """The training config stored in the checkpoint, with the `sample` section of `config_path` (when
-    given) and `sample.*` overrides on top. The network and its diffusion maths stay the checkpoint's,
-    so the saved config.yaml records the factors (prediction type, loss) that made these samples.
-    `extra_sections` (e.g. "inpaint") are taken from `config_path` and overrides like `sample`."""
+    """The training config stored in the checkpoint, with the `sample` section of `config` (a config file or
+    preset, or a loaded config, e.g. the pipeline's own; when given) and `sample.*` overrides on top. The
+    network and its diffusion maths stay the checkpoint's, so the saved config.yaml records the factors
+    (prediction type, loss) that made these samples. `extra_sections` (e.g. "inpaint") are taken from
+    `config` and overrides like `sample`."""
     from omegaconf import OmegaConf
 
     from ..config import load_config, validate
@@ -32,10 +33,11 @@ def resolve_generation_config(ckpt: Checkpoint, config_path: str | None = None, 
         raise UserError(f"override '{bad[0]}': this command takes only {allowed} overrides "
                         "(the model and diffusion settings come from the checkpoint)")
     load_config(None, list(overrides))  # key names and types checked against the schema
-    given = load_config(config_path) if config_path is not None else None
+    from_file = isinstance(config, (str, Path))
+    given = load_config(config) if from_file else config
     cfg = OmegaConf.merge(ckpt.config, {s: given[s] for s in sections} if given is not None else {},
                           OmegaConf.from_dotlist(list(overrides)))
-    where = config_path or "command-line overrides"
+    where = str(config) if from_file else "command-line overrides" if config is None else "the given config"
     validate(cfg, where)
     if cfg.sample.n_per_condition < 0 or cfg.sample.guidance_scale < 0:
         raise UserError(f"{where}: sample.n_per_condition and sample.guidance_scale must be >= 0")
@@ -59,7 +61,7 @@ def check_output_folder(out: str | Path, overwrite: bool, inputs: tuple[str | Pa
                 raise UserError(f"{out}: --overwrite would delete the input {path}; choose another --out")
 
 
-def generate(ckpt_path: str | Path, out: str | Path, spec: Any = None, config_path: str | None = None,
+def generate(ckpt_path: str | Path, out: str | Path, spec: Any = None, config: Any = None,
              overrides=(), overwrite: bool = False, source: str | Path | None = None,
              split: str = "train", masks: str | None = None, cache: str | Path | None = None,
              mask_zbins: str | None = None) -> Path:
@@ -80,7 +82,7 @@ def generate(ckpt_path: str | Path, out: str | Path, spec: Any = None, config_pa
 
     check_output_folder(out, overwrite, (ckpt_path, source, cache, masks if is_mask_file(masks) else None))
     ckpt = Checkpoint.load(ckpt_path)
-    cfg = resolve_generation_config(ckpt, config_path, overrides)
+    cfg = resolve_generation_config(ckpt, config, overrides)
     check_mask_request(masks, ckpt, mask_zbins)
     plan = None
     if is_mask_file(masks):

@@ -8,23 +8,12 @@ from ..config import PRIOR_MODES, UPSAMPLE_MODES
 from ..errors import UserError
 from .unet import UNet
 
-__all__ = ["UNet", "build_model", "condition_names", "count_parameters", "data_channels"]
+__all__ = ["UNet", "build_model", "count_parameters", "data_channels"]
 
 
 def data_channels(cfg: Any) -> int:
     """Channels the diffusion runs on: image channels + 1 mask channel for joint synthesis."""
     return int(cfg.model.image_channels) + (1 if cfg.model.joint_mask else 0)
-
-
-def condition_names(cfg) -> tuple[str, ...]:
-    """The conditions the network of `cfg` takes besides x_t and t (keyword arguments of its forward):
-    "label" (model.num_classes > 0), "z" (model.z_conditioning), "prior" (model.prior != none), "mask"
-    (model.mask_conditioning: the clean lesion mask, which may be withheld). The one place that says so:
-    training batches and generation (draw.batch_conditions) pick their conditions by it."""
-    m = cfg.model
-    used = {"label": m.num_classes > 0, "z": bool(m.z_conditioning), "prior": m.prior != "none",
-            "mask": bool(m.mask_conditioning)}
-    return tuple(name for name, on in used.items() if on)
 
 
 def count_parameters(module) -> int:

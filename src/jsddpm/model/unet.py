@@ -79,6 +79,10 @@ class UNet(nn.Module):
         self.self_conditioning = self_conditioning
         self.mask_conditioning = mask_conditioning
         self.prior = prior
+        # the conditions this network takes besides x_t and t (keyword arguments of forward): the one place
+        # that says so; training batches and generation (draw.batch_conditions) pick their conditions by it
+        used = {"label": num_classes > 0, "z": z_conditioning, "prior": prior != "none", "mask": mask_conditioning}
+        self.condition_names = tuple(name for name, on in used.items() if on)
         self.channels_last = channels_last
         self.in_channels = (data_channels * (2 if self_conditioning else 1) + (1 if prior == "concat" else 0)
                             + (1 if mask_conditioning else 0))

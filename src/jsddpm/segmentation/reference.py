@@ -132,12 +132,13 @@ def segmenter_store(cache_root) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "jsddpm" / "segmenters"
 
 
-def reference_segmenter(cache, cfg, store_dir, progress=None) -> Segmenter:
+def reference_segmenter(cache, cfg, store_dir, progress=None, lookup=()) -> Segmenter:
     """The reference segmenter of `cache` (a `SliceCache` or its folder) under `cfg` (the config or its
-    diagnostics section: the `utility_*` keys, `seed`, `utility_train_split`): loaded from `store_dir` when
-    a file for this (cache fingerprint, settings) exists, else trained on the cache's training split
-    and written there. Its info adds `path`, `key`, `cache_fingerprint`, `split` and `source` ("loaded" or
-    "trained") to the record of `train_reference`."""
+    diagnostics section: the `utility_*` keys, `seed`, `utility_train_split`): loaded from the first folder
+    of `lookup` (e.g. a synthetic set's generation folder) that holds the file for this (cache fingerprint,
+    settings), else from `store_dir` when it holds it, else trained on the cache's training split and
+    written to `store_dir`. Its info adds `path`, `key`, `cache_fingerprint`, `split` and `source`
+    ("loaded" or "trained") to the record of `train_reference`."""
     from ..data.cache import SliceCache, load_cache
 
     cache = cache if isinstance(cache, SliceCache) else load_cache(cache)
@@ -145,7 +146,8 @@ def reference_segmenter(cache, cfg, store_dir, progress=None) -> Segmenter:
     settings, seed, split = settings_from_config(dcfg), int(dcfg.seed), str(dcfg.utility_train_split)
     fingerprint = cache.fingerprint
     key = segmenter_key(fingerprint, settings, seed, split)
-    path = Path(store_dir) / f"segmenter-{key}.pt"
+    name = f"segmenter-{key}.pt"
+    path = next((Path(d) / name for d in lookup if d and (Path(d) / name).is_file()), Path(store_dir) / name)
     where = {"path": str(path), "key": key, "cache_fingerprint": fingerprint, "split": split}
     if path.is_file():
         stored = load_segmenter(path)

@@ -17,7 +17,7 @@ import torch
 
 from ..config import to_container
 from ..diffusion.schedule import NoiseSchedule
-from ..model import build_model, condition_names
+from ..model import build_model
 from .ema import EMA
 from .loaders import EpochSampler, SeededItems, derive_seed
 from .objective import Objective
@@ -84,7 +84,7 @@ class DiffusionModule(L.LightningModule):
         """The network's conditions from a training batch (the slices' own class, z and augmented prior, and
         for a mask-conditioned model their clean mask, the data's last channel). `drop` nulls class, z and
         prior; `mask_drop` (bool or per-sample flags) withholds the mask."""
-        names = condition_names(self.cfg)
+        names = self.net.condition_names
         cond = {"drop_cond": drop, **{name: batch[name] for name in names if name != "mask"}}
         if "mask" in names:
             cond.update(mask=batch["x"][:, -1:], mask_drop=mask_drop)

@@ -7,8 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
+from ..config import LossConfig
 from ..diffusion.losses import (
     UncertaintyWeighting,
     channel_weight_vector,
@@ -30,7 +32,8 @@ class Objective(nn.Module):
         self.sigma_data = float(cfg.diffusion.sigma_data)
         self.t_sampling = str(cfg.diffusion.t_sampling)
         self.p_mean, self.p_std = float(cfg.diffusion.p_mean), float(cfg.diffusion.p_std)
-        self.loss_cfg = cfg.loss
+        # the loss settings as the plain dataclass `diffusion_loss` reads (the maths takes values, not the config)
+        self.loss_cfg = LossConfig(**OmegaConf.to_container(cfg.loss, resolve=True))
         self.joint_mask = bool(cfg.model.joint_mask)
         self.self_conditioning_prob = float(cfg.diffusion.self_conditioning_prob)
         self.clip_x0 = bool(cfg.diffusion.clip_x0)
