@@ -129,7 +129,7 @@ def inpaint_stage(ckpt: Path, cache_dir: Path, out: Path, n: int = 8, log: Log =
         return out
     t0 = time.perf_counter()
     inpaint(ckpt, cache_dir, out, n=n)
-    log(f"inpaint: {n} pairs in {time.perf_counter() - t0:.0f} s")
+    log(f"inpaint: {n} pairs requested in {time.perf_counter() - t0:.0f} s (a fidelity filter may keep fewer)")
     return out
 
 

@@ -4,9 +4,8 @@ every metric family) and generation (inpainting places a lesion inside the brain
 Tissue classes for binary lesion masks:
 - head/brain ROI: pixels brighter than `threshold` (diagnostics.roi_threshold, -0.9: just above the -1
   background), specks smaller than `min_component` (diagnostics.roi_min_component) of the image area
-  dropped, then holes filled (everything
-  not 4-connected to the image border), so dark structures inside the head (ventricles, CSF) still
-  belong to it; lesion pixels always do;
+  dropped, then holes filled (everything not 4-connected to the image border), so dark structures
+  inside the head (ventricles, CSF) still belong to it; lesion pixels always do;
 - lesion = mask;
 - brain = ROI minus lesion;
 - background = outside the ROI.
